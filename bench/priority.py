@@ -1,0 +1,251 @@
+"""Task priority: the same bursty traffic under FIFO, static four levels, EDF, least slack,
+the `priority` module's learned model and its rule fallback.
+
+    python bench/priority.py            # about 20 s: bench/results/priority.json
+    python bench/priority.py --quick    # a few seconds, for the smoke test
+
+The model is trained by the module's own trainer on simulator traffic of one seed and
+served through the registry's checks (`load_checked`) and an `Engine`; the evaluation
+traffic comes from other seeds. The generator is documented in
+`aiassist.modules.priority.simulator`; nothing here changes it. Classes: high = business
+weight >= 3, low = business weight < 0.5 (the truth, not any policy's label).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from functools import partial
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from prometheus_client import CollectorRegistry
+
+from aiassist.engine import Engine
+from aiassist.metrics import Metrics
+from aiassist.modules.priority import PriorityModule, Scoring, module
+from aiassist.modules.priority.simulator import (
+    EDF,
+    FIFO,
+    HIGH_WEIGHT,
+    LOW_WEIGHT,
+    GeneratorSpec,
+    LeastSlack,
+    ModulePolicy,
+    Policy,
+    StaticLevels,
+    generate,
+    simulate,
+    summarize,
+)
+from aiassist.modules.priority.training import trainer
+from aiassist.registry.runtime import OnnxPredictor, load_checked
+from aiassist.registry.store import ModelRegistry
+
+OUT = Path(__file__).parent / "results" / "priority.json"
+#: The scenario the goals are judged on, then two others to show how the result moves.
+SCENARIOS = {
+    "main": {"load": 0.9, "burstiness": 4.0, "anomaly_share": 0.2},
+    "lighter": {"load": 0.7, "burstiness": 4.0, "anomaly_share": 0.2},
+    "overload": {"load": 1.05, "burstiness": 6.0, "anomaly_share": 0.4},
+}
+#: Other weight exponents than the module's default, on the main scenario: the trade-off
+#: between the high class's wait and deadline misses.
+FRONTIER = (1.0, 2.0)
+COLUMNS = (
+    ("high_mean_wait_s", "high mean wait s", "{:.1f}"),
+    ("high_p95_wait_s", "high p95 wait s", "{:.1f}"),
+    ("mean_wait_s", "mean wait s", "{:.1f}"),
+    ("deadline_miss_pct", "deadline miss %", "{:.2f}"),
+    ("high_miss_pct", "high miss %", "{:.2f}"),
+    ("weighted_miss_pct", "weighted miss %", "{:.2f}"),
+    ("low_max_wait_s", "low max wait s", "{:.0f}"),
+    ("max_wait_s", "max wait s", "{:.0f}"),
+    ("throughput_per_min", "tasks/min", "{:.1f}"),
+)
+
+
+def train_model(rows: int, seed: int, workdir: Path) -> tuple[OnnxPredictor, dict[str, Any]]:
+    """Train with the module's trainer, publish, load through the serving checks."""
+    started = time.perf_counter()
+    data = trainer.synthetic(rows, seed)
+    synthetic_s = time.perf_counter() - started
+    exported = trainer.fit(data, seed)
+    fit_s = time.perf_counter() - started - synthetic_s
+    registry = ModelRegistry(workdir / "models")
+    manifest = exported.publish(registry, module)
+    predictor = load_checked(registry, module, manifest.version, latency_budget_us=5000)
+    # Held-out quality (1 - Brier) of the model's and the rule's P(miss), another seed.
+    held = trainer.synthetic(max(rows // 4, 2000), seed + 1000)
+    engine = serving(module, predictor)
+    model_q = trainer.quality(held.y, scores(engine.decide_many(module.name, held.features)))
+    rule_q = trainer.quality(held.y, scores([module.fallback(f) for f in held.features]))  # type: ignore[arg-type]
+    info = {
+        "rows": rows,
+        "seed": seed,
+        "synthetic_s": round(synthetic_s, 2),
+        "fit_s": round(fit_s, 2),
+        "heldout_rows": len(held),
+        "heldout_quality_model": round(model_q, 4),
+        "heldout_quality_fallback": round(rule_q, 4),
+    }
+    return predictor, info
+
+
+def scores(decisions: Sequence[Any]) -> np.ndarray:
+    return np.array([trainer.score(d) for d in decisions])
+
+
+def serving(variant: PriorityModule, predictor: OnnxPredictor) -> Engine:
+    engine = Engine([variant], metrics=Metrics(CollectorRegistry()))
+    engine.load(variant.name, predictor)
+    return engine
+
+
+def policies(predictor: OnnxPredictor, frontier: bool) -> list[Policy]:
+    engine = serving(module, predictor)
+    chosen: list[Policy] = [
+        FIFO(),
+        StaticLevels(),
+        EDF(),
+        LeastSlack(),
+        ModulePolicy(lambda f: engine.decide(module.name, f), name="model"),
+        ModulePolicy(module.fallback, name="fallback"),
+    ]
+    for exponent in FRONTIER if frontier else ():
+        variant = serving(PriorityModule(Scoring(weight_exponent=exponent)), predictor)
+        name = f"model, weight_exponent {exponent:g}"
+        chosen.append(ModulePolicy(partial(variant.decide, module.name), name=name))
+    return chosen
+
+
+def run_scenario(spec: GeneratorSpec, predictor: OnnxPredictor, frontier: bool) -> dict[str, Any]:
+    traffic = generate(spec)
+    out: dict[str, Any] = {"spec": spec.model_dump(), "policies": {}}
+    for policy in policies(predictor, frontier):
+        started = time.perf_counter()
+        result = simulate(traffic, policy)
+        summary = summarize(traffic, result)
+        summary["run_s"] = round(time.perf_counter() - started, 2)
+        if isinstance(policy, ModulePolicy):
+            sources = [d.source for d in policy.decisions.values()]
+            summary["model_answers"] = float(sources.count("model"))
+        out["policies"][policy.name] = summary
+    return out
+
+
+def goals(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """The issue's goals, judged on the main scenario. Starvation: the low class's longest
+    wait under the model must stay within twice the longest wait of anyone under FIFO."""
+    p = result["policies"]
+    model, static, edf, fifo = p["model"], p["static"], p["edf"], p["fifo"]
+    ratio = static["high_mean_wait_s"] / max(model["high_mean_wait_s"], 1e-9)
+    bound = 2 * fifo["max_wait_s"]
+    return [
+        {
+            "goal": "high class mean wait, static four levels / model",
+            "target": ">= 3x",
+            "measured": f"{ratio:.2f}x ({static['high_mean_wait_s']:.1f} s / "
+            f"{model['high_mean_wait_s']:.1f} s)",
+            "met": ratio >= 3.0,
+        },
+        {
+            "goal": "deadline misses, model vs EDF",
+            "target": "<= EDF",
+            "measured": f"{model['deadline_miss_pct']:.2f}% vs {edf['deadline_miss_pct']:.2f}%",
+            "met": model["deadline_miss_pct"] <= edf["deadline_miss_pct"],
+        },
+        {
+            "goal": "no starvation: low class max wait under the model",
+            "target": f"<= 2 x FIFO's max wait ({bound:.0f} s)",
+            "measured": f"{model['low_max_wait_s']:.0f} s",
+            "met": model["low_max_wait_s"] <= bound,
+        },
+    ]
+
+
+def table(name: str, result: dict[str, Any]) -> str:
+    spec = result["spec"]
+    lines = [
+        f"\n{name}: {spec['tasks']} tasks, {spec['workers']} workers, load {spec['load']}, "
+        f"burstiness {spec['burstiness']}, anomaly share {spec['anomaly_share']}, "
+        f"seed {spec['seed']}",
+        "| policy | " + " | ".join(c[1] for c in COLUMNS) + " |",
+        "| --- |" + " ---: |" * len(COLUMNS),
+    ]
+    for policy, s in result["policies"].items():
+        cells = [fmt.format(s[key]) for key, _, fmt in COLUMNS]
+        lines.append(f"| {policy} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="small run, for the smoke test")
+    parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument("--tasks", type=int, default=None, help="tasks per scenario")
+    parser.add_argument("--workers", type=int, default=16)
+    parser.add_argument("--train-seed", type=int, default=1)
+    parser.add_argument("--eval-seed", type=int, default=2026)
+    args = parser.parse_args(argv)
+    tasks = args.tasks or (2000 if args.quick else 20_000)
+    rows = 4000 if args.quick else 20_000
+    scenarios = {"main": SCENARIOS["main"]} if args.quick else SCENARIOS
+    started, started_at = time.perf_counter(), datetime.now(UTC).isoformat(timespec="seconds")
+    load = os.getloadavg()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        predictor, training = train_model(rows, args.train_seed, Path(tmp))
+    print(f"classes: high = business weight >= {HIGH_WEIGHT:g}, low = < {LOW_WEIGHT:g}")
+    print(f"model: {rows} simulated rows, seed {args.train_seed}; synthetic "
+          f"{training['synthetic_s']} s, fit+export {training['fit_s']} s; held-out 1-Brier "
+          f"model {training['heldout_quality_model']} vs rule "
+          f"{training['heldout_quality_fallback']}")  # fmt: skip
+    results = {}
+    for k, (name, knobs) in enumerate(scenarios.items()):
+        spec = GeneratorSpec(tasks=tasks, workers=args.workers, seed=args.eval_seed + k, **knobs)
+        results[name] = run_scenario(spec, predictor, frontier=name == "main")
+        print(table(name, results[name]))
+    verdict = goals(results["main"])
+    print("\ngoals (main scenario):")
+    for g in verdict:
+        print(f"  {'met' if g['met'] else 'NOT MET'}: {g['goal']}: {g['measured']} "
+              f"(target {g['target']})")  # fmt: skip
+    packages = ("aiassist", "numpy", "pydantic", "lightgbm", "onnxmltools", "onnxruntime")
+    report = {
+        "benchmark": "priority",
+        "command": " ".join(["python", "bench/priority.py", *(sys.argv[1:] if argv is None
+                                                              else argv)]),
+        "started_at": started_at,
+        "total_seconds": round(time.perf_counter() - started, 1),
+        "quick": args.quick,
+        "parameters": {"tasks": tasks, "workers": args.workers, "train_rows": rows,
+                       "train_seed": args.train_seed, "eval_seed": args.eval_seed},
+        "machine": {
+            "cpu_count": os.cpu_count(),
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "load_average_at_start": [round(x, 2) for x in load],
+            "packages": {name: version(name) for name in packages},
+        },
+        "training": training,
+        "scenarios": results,
+        "goals": verdict,
+    }  # fmt: skip
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"\nwrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

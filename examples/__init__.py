@@ -1,0 +1,1 @@
+"""Runnable examples of backends that adopt aiassist."""

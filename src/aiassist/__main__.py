@@ -1,0 +1,3 @@
+from aiassist.cli import main
+
+main()

@@ -1,0 +1,1 @@
+"""Adapters for the frameworks a backend already uses."""

@@ -1,0 +1,196 @@
+"""The inference service: a FastAPI app over one `Engine`, with storage, keys and metrics.
+
+`create_app()` builds everything from `Settings`; the lifespan opens the database and the
+decision recorder and closes them (draining buffered decisions) on shutdown.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from sqlalchemy import Engine as DbEngine
+from sqlalchemy import text
+from starlette.responses import Response
+
+from aiassist.__about__ import __version__
+from aiassist.engine import Engine
+from aiassist.metrics import Metrics
+from aiassist.registry.runtime import ModelWatcher
+from aiassist.registry.store import ModelRegistry
+from aiassist.server.auth import require
+from aiassist.server.middleware import BodyLimitMiddleware, MetricsMiddleware
+from aiassist.server.routers.decisions import (
+    AUTH_RESPONSES,
+    ModuleInfo,
+    list_modules,
+    module_router,
+    unknown_module_router,
+)
+from aiassist.server.routers.models import models_router
+from aiassist.server.routers.priority import priority_router
+from aiassist.settings import Settings, load_settings
+from aiassist.store.audit import AuditLog
+from aiassist.store.db import make_engine, make_sessionmaker
+from aiassist.store.keys import KeyStore
+from aiassist.store.recorder import DecisionRecorder
+
+__all__ = ["ServiceState", "create_app"]
+
+log = logging.getLogger("aiassist.server")
+
+MAX_BODY_BYTES = 1 << 20
+
+_DESCRIPTION = """
+Learned decisions for an existing backend. Every decision names the model version that
+answered, or says that the module's rule fallback did.
+
+Authenticate with an API key (`aiassist keys create`) as `Authorization: Bearer <key>`.
+"""
+
+
+@dataclass
+class ServiceState:
+    settings: Settings
+    db: DbEngine
+    keys: KeyStore
+    audit: AuditLog
+    engine: Engine
+    metrics: Metrics
+    recorder: DecisionRecorder | None
+    registry: ModelRegistry
+    watcher: ModelWatcher
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or load_settings()
+    metrics = Metrics(CollectorRegistry())
+    engine = Engine(metrics=metrics)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        db = make_engine(settings.resolved_database_url)
+        sessions = make_sessionmaker(db)
+        recorder = None
+        if settings.record_decisions:
+            recorder = DecisionRecorder(
+                db,
+                metrics,
+                max_queue=settings.record_queue_size,
+                flush_seconds=settings.record_flush_seconds,
+            )
+            engine.on_decision = recorder
+        audit = AuditLog(sessions)
+        registry = ModelRegistry(settings.resolved_models_dir)
+        watcher = ModelWatcher(
+            registry,
+            engine,
+            latency_budget_us=settings.model_latency_budget_us,
+            poll_seconds=settings.model_poll_seconds,
+            on_event=_model_events(audit, metrics),
+        )
+        app.state.aiassist = ServiceState(
+            settings=settings,
+            db=db,
+            keys=KeyStore(sessions, cache_seconds=settings.key_cache_seconds),
+            audit=audit,
+            engine=engine,
+            metrics=metrics,
+            recorder=recorder,
+            registry=registry,
+            watcher=watcher,
+        )
+        await run_in_threadpool(watcher.start)
+        # Everything loaded so far lives as long as the process: keep it out of the
+        # collector's full passes, which otherwise stall requests for tens of ms.
+        gc.freeze()
+        try:
+            yield
+        finally:
+            await run_in_threadpool(watcher.stop)
+            engine.on_decision = None
+            if recorder is not None:
+                await run_in_threadpool(recorder.close)
+            db.dispose()
+
+    app = FastAPI(
+        title="aiassist inference service",
+        version=__version__,
+        description=_DESCRIPTION,
+        lifespan=lifespan,
+    )
+    app.add_middleware(BodyLimitMiddleware, max_bytes=MAX_BODY_BYTES)
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
+
+    @app.exception_handler(Exception)
+    async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return JSONResponse({"detail": "internal error; see the service log"}, status_code=500)
+
+    @app.get("/healthz", tags=["service"], summary="Liveness: the process answers")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok", "version": __version__}
+
+    @app.get("/readyz", tags=["service"], summary="Readiness: database reachable, models served")
+    async def readyz(request: Request) -> JSONResponse:
+        state: ServiceState = request.app.state.aiassist
+        modules: dict[str, dict[str, Any]] = {}
+        for name in state.engine.modules:
+            served = state.watcher.served.get(name)
+            modules[name] = {"model_version": state.engine.served_version(name)}
+            if served is not None and served.error:
+                modules[name]["refused"] = {"version": served.refused, "error": served.error}
+        try:
+            await run_in_threadpool(_ping, state.db)
+        except Exception as exc:
+            log.warning("readiness: database unreachable: %s", exc)
+            body: dict[str, Any] = {"status": "unavailable", "database": "unreachable"}
+            return JSONResponse(body | {"modules": modules}, status_code=503)
+        return JSONResponse({"status": "ready", "database": "ok", "modules": modules})
+
+    @app.get("/metrics", tags=["service"], summary="Prometheus metrics")
+    async def prometheus() -> Response:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    app.add_api_route(
+        "/v1/modules",
+        list_modules,
+        methods=["GET"],
+        tags=["modules"],
+        summary="The decision modules and what serves each",
+        response_model=list[ModuleInfo],
+        responses=AUTH_RESPONSES,
+        dependencies=[Depends(require("decide"))],
+    )
+    for module in engine.modules.values():
+        app.include_router(module_router(module))
+    app.include_router(models_router())
+    app.include_router(priority_router())
+    app.include_router(unknown_module_router())
+    return app
+
+
+def _model_events(audit: AuditLog, metrics: Metrics) -> Callable[[str, str, dict[str, Any]], None]:
+    """Every swap and refusal of a model version is an audit event and a metric."""
+
+    def record(kind: str, module: str, data: dict[str, Any]) -> None:
+        if kind == "model.refused":
+            metrics.model_refusals.labels(module, data["reason"]).inc()
+        else:
+            metrics.model_swaps.labels(module).inc()
+        audit.append(kind, f"{module}/{data.get('version')}", actor="service", data=data)
+
+    return record
+
+
+def _ping(db: DbEngine) -> None:
+    with db.connect() as conn:
+        conn.execute(text("SELECT 1"))

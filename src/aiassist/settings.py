@@ -1,0 +1,203 @@
+"""Settings, read from `AIASSIST_*` environment variables and an optional TOML file.
+
+Precedence, highest first: keyword arguments, environment, the file named by
+`AIASSIST_CONFIG`, defaults. A wrong value raises `SettingsError` naming the setting,
+so a misconfigured process stops at start-up instead of misbehaving later.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, SecretStr, ValidationError, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+__all__ = ["Settings", "SettingsError", "load_settings"]
+
+ENV_PREFIX = "AIASSIST_"
+_SECRET_FIELDS = frozenset({"api_key"})
+
+
+class SettingsError(ValueError):
+    """A setting has a wrong value; the message names it as an environment variable."""
+
+
+class _TomlFileSource(PydanticBaseSettingsSource):
+    """Values from the TOML file named by AIASSIST_CONFIG (top-level keys, lower case)."""
+
+    def __init__(self, settings_cls: type[BaseSettings]) -> None:
+        super().__init__(settings_cls)
+        path = os.environ.get(f"{ENV_PREFIX}CONFIG")
+        self._data: dict[str, Any] = {}
+        if path:
+            try:
+                with open(path, "rb") as f:
+                    self._data = tomllib.load(f)
+            except FileNotFoundError:
+                raise SettingsError(f"{ENV_PREFIX}CONFIG: no such file: {path}") from None
+            except tomllib.TOMLDecodeError as exc:
+                raise SettingsError(
+                    f"{ENV_PREFIX}CONFIG: {path} is not valid TOML: {exc}"
+                ) from None
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return self._data.get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return {k: v for k, v in self._data.items() if k in self.settings_cls.model_fields}
+
+
+class Settings(BaseSettings):
+    """Every knob of aiassist. docs/configuration.md is generated from these descriptions."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
+
+    # --- where things live -------------------------------------------------------------
+    data_dir: Path = Field(
+        Path(".aiassist"),
+        description="Directory for the embedded database, the model volume and the admin key.",
+    )
+    database_url: str | None = Field(
+        None,
+        description="SQLAlchemy URL. Default: SQLite in data_dir. "
+        "PostgreSQL: postgresql+psycopg://user@host:5432/db.",
+    )
+    models_dir: Path | None = Field(None, description="The model volume. Default: data_dir/models.")
+
+    # --- the inference service ---------------------------------------------------------
+    host: str = Field("127.0.0.1", description="Address the inference service binds.")
+    port: int = Field(8000, ge=1, le=65535, description="Port the inference service binds.")
+    workers: int = Field(1, ge=1, le=64, description="Uvicorn worker processes.")
+    auth: bool = Field(
+        True, description="Require API keys on non-public endpoints. Turn off only in tests."
+    )
+    key_cache_seconds: float = Field(
+        5.0,
+        ge=0,
+        le=3600,
+        description="How long a replica trusts a cached API key before re-reading it; "
+        "bounds how late a revocation made elsewhere takes effect.",
+    )
+    record_decisions: bool = Field(
+        True, description="Store every decision so outcomes can be joined to it for training."
+    )
+    record_queue_size: int = Field(
+        10_000, ge=10, le=1_000_000, description="Decisions buffered before new ones are dropped."
+    )
+    record_flush_seconds: float = Field(
+        0.2, gt=0, le=60, description="Longest time a decision waits in memory before it is stored."
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        "info", description="Log level of the service and daemon."
+    )
+
+    # --- models ------------------------------------------------------------------------
+    model_latency_budget_us: float = Field(
+        1000.0,
+        gt=0,
+        le=10_000_000,
+        description="A model version whose single-row median latency is over this is refused.",
+    )
+    model_poll_seconds: float = Field(
+        1.0, gt=0, le=3600, description="How often the service checks the model tags."
+    )
+    retrain_min_outcomes: int = Field(
+        500, ge=1, le=10_000_000, description="New outcomes that make the daemon retrain."
+    )
+    retrain_interval_seconds: float = Field(
+        86_400.0,
+        gt=0,
+        description="Retrain at least this often when there are any new outcomes.",
+    )
+    min_train_rows: int = Field(
+        50, ge=2, le=10_000_000, description="Fewest examples the daemon trains on."
+    )
+    holdout_fraction: float = Field(
+        0.2, gt=0, lt=1, description="Newest share of the data held out to judge a candidate."
+    )
+    daemon_poll_seconds: float = Field(
+        30.0, gt=0, le=86_400, description="How often the daemon looks for work."
+    )
+    daemon_metrics_port: int = Field(
+        9101, ge=0, le=65535, description="Port of the daemon's /metrics (0: none)."
+    )
+
+    # --- the SDK -----------------------------------------------------------------------
+    mode: Literal["local", "remote"] = Field(
+        "local",
+        description="SDK mode: run modules in this process, or call a remote inference service.",
+    )
+    service_url: str = Field(
+        "http://127.0.0.1:8000", description="Base URL of the inference service (remote mode)."
+    )
+    api_key: SecretStr | None = Field(
+        None, description="API key the SDK sends in remote mode (scopes decide, outcome)."
+    )
+    api_key_file: Path | None = Field(
+        None, description="File holding the API key, for secrets mounted as files."
+    )
+    timeout_ms: float = Field(
+        50.0, gt=0, le=60_000, description="Remote decision timeout; past it the fallback answers."
+    )
+    breaker_failures: int = Field(
+        5, ge=1, le=1000, description="Consecutive remote failures that open the circuit breaker."
+    )
+    breaker_recovery_seconds: float = Field(
+        5.0, gt=0, le=3600, description="How long the breaker stays open before a trial call."
+    )
+
+    @model_validator(mode="after")
+    def _read_key_file(self) -> Settings:
+        if self.api_key is not None and not self.api_key.get_secret_value().strip():
+            object.__setattr__(self, "api_key", None)  # an empty variable means unset
+        if self.api_key is None and self.api_key_file is not None:
+            try:
+                key = self.api_key_file.read_text().strip()
+            except OSError as exc:
+                raise ValueError(
+                    f"{ENV_PREFIX}API_KEY_FILE: cannot read {self.api_key_file}: {exc}"
+                ) from exc
+            object.__setattr__(self, "api_key", SecretStr(key))
+        return self
+
+    @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{(self.data_dir / 'aiassist.db').resolve()}"
+
+    @property
+    def resolved_models_dir(self) -> Path:
+        return self.models_dir or self.data_dir / "models"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return init_settings, env_settings, _TomlFileSource(settings_cls)
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build settings, turning a validation error into one message per wrong setting."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            if not err["loc"]:  # a whole-model check: its message names the setting
+                lines.append(err["msg"].removeprefix("Value error, "))
+                continue
+            name = str(err["loc"][0])
+            shown = "" if name in _SECRET_FIELDS else f" (got {err.get('input')!r})"
+            lines.append(f"{ENV_PREFIX}{name.upper()}: {err['msg']}{shown}")
+        raise SettingsError("invalid settings:\n  " + "\n  ".join(lines)) from None

@@ -1,0 +1,207 @@
+"""Shared fixtures: real databases (SQLite and PostgreSQL on 127.0.0.1) and real servers."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+import uvicorn
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+from aiassist.server import create_app
+from aiassist.settings import Settings
+from aiassist.store.db import make_engine, make_sessionmaker, upgrade
+from aiassist.store.keys import KeyStore
+
+#: Maintenance connection to the machine's PostgreSQL (trust auth).
+PG_ADMIN_URL = os.environ.get(
+    "AIASSIST_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+# --- databases ---------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def pg_template() -> Iterator[str]:
+    """A migrated PostgreSQL database that per-test databases are cloned from."""
+    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    name = f"aiassist_tpl_{secrets.token_hex(4)}"
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    url = make_url(PG_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
+    upgrade(url)
+    yield name
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+@pytest.fixture
+def pg_url(pg_template: str) -> Iterator[str]:
+    """A fresh, migrated PostgreSQL database for one test."""
+    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    name = f"aiassist_t_{secrets.token_hex(4)}"
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}" TEMPLATE "{pg_template}"'))
+    yield make_url(PG_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    url = f"sqlite:///{tmp_path / 'aiassist.db'}"
+    upgrade(url)
+    return url
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def db_url(request: pytest.FixtureRequest) -> str:
+    """Each test using this runs once on SQLite and once on PostgreSQL."""
+    fixture = "sqlite_url" if request.param == "sqlite" else "pg_url"
+    return str(request.getfixturevalue(fixture))
+
+
+@pytest.fixture
+def settings(db_url: str, tmp_path: Path) -> Settings:
+    return Settings(data_dir=tmp_path, database_url=db_url, record_flush_seconds=0.05)
+
+
+@pytest.fixture
+def keys(settings: Settings) -> Iterator[KeyStore]:
+    engine = make_engine(settings.resolved_database_url)
+    yield KeyStore(make_sessionmaker(engine), cache_seconds=0)
+    engine.dispose()
+
+
+@dataclass
+class Tokens:
+    decide: str
+    outcome: str
+    admin: str
+    both: str
+
+    def header(self, which: str = "both") -> dict[str, str]:
+        return {"authorization": f"Bearer {getattr(self, which)}"}
+
+
+@pytest.fixture
+def tokens(keys: KeyStore) -> Tokens:
+    return Tokens(
+        decide=keys.create("decider", ["decide"]).token,
+        outcome=keys.create("reporter", ["outcome"]).token,
+        admin=keys.create("operator", ["admin"]).token,
+        both=keys.create("backend", ["decide", "outcome"]).token,
+    )
+
+
+# --- servers -----------------------------------------------------------------------------
+@dataclass
+class LiveServer:
+    """The inference service on a loopback port, in a thread of this process."""
+
+    url: str
+    server: uvicorn.Server
+    thread: threading.Thread
+    app: object = field(repr=False)
+
+    @property
+    def state(self):  # type: ignore[no-untyped-def]
+        return self.app.state.aiassist  # type: ignore[attr-defined]
+
+
+@pytest.fixture
+def live_server(settings: Settings) -> Iterator[LiveServer]:
+    app = create_app(settings)
+    port = free_port()
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}"
+    wait_healthy(url)
+    yield LiveServer(url, server, thread, app)
+    server.should_exit = True
+    thread.join(10)
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 15.0, what: str = "") -> None:
+    """Poll `condition` until it holds; fail after `timeout` seconds naming `what`."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout}s waiting for {what or condition}")
+        time.sleep(0.02)
+
+
+def wait_healthy(
+    url: str, timeout: float = 20.0, proc: subprocess.Popen[bytes] | None = None
+) -> None:
+    """Poll `url`/healthz until it answers 200; fail at once if `proc` has exited."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc is None or proc.poll() is None, f"the server exited with {proc.returncode}"
+        try:
+            if httpx.get(f"{url}/healthz", timeout=0.5).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.05)
+    raise TimeoutError(f"{url} did not become healthy in {timeout}s")
+
+
+class ServiceProcess:
+    """`aiassist serve` as a real child process that can be stopped and started again."""
+
+    def __init__(self, settings: Settings, port: int) -> None:
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+        self.env = os.environ | {
+            "AIASSIST_DATA_DIR": str(settings.data_dir),
+            "AIASSIST_DATABASE_URL": settings.resolved_database_url,
+            "AIASSIST_LOG_LEVEL": "warning",
+        }
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, wait: bool = True) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "aiassist", "serve", "--port", str(self.port)], env=self.env
+        )
+        if wait:
+            wait_healthy(self.url)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(15)
+            self.proc = None
+
+    def kill(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait(15)
+            self.proc = None
+
+
+@pytest.fixture
+def service_process(settings: Settings) -> Iterator[ServiceProcess]:
+    proc = ServiceProcess(settings, free_port())
+    yield proc
+    proc.kill()

@@ -1,0 +1,88 @@
+"""Each benchmark runs end to end (`--quick`) and writes a complete results file.
+
+Only the shape of the results and the absence of failures are checked: no timing
+thresholds (the figures live in bench/results and docs/benchmarks.md).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.skipif(
+    not Path("/proc/stat").exists(), reason="the benchmarks read CPU time from /proc (Linux)"
+)
+
+
+def _latency(stats: dict[str, Any], unit: str) -> None:
+    assert stats["n"] > 0, stats
+    assert 0 < stats[f"p50_{unit}"] <= stats[f"p99_{unit}"] <= stats[f"p99_9_{unit}"], stats
+    assert stats[f"p99_9_{unit}"] <= stats[f"max_{unit}"], stats
+
+
+def check_latency(result: dict[str, Any]) -> None:
+    inproc = result["in_process"]
+    assert len(inproc) == 11
+    assert {"priority_fallback", "priority_model"} <= inproc.keys()
+    for stats in inproc.values():
+        _latency(stats, "us")
+    for name in ("service_local_fallback_record", "service_local_onnx_record"):
+        stats = inproc[name]
+        assert stats["stored"] + stats["dropped"] == stats["decided"], stats
+    http = result["http"]
+    runs = ["sequential_httpx", "remote_sdk", "sequential_lean", "open_loop_lean",
+            "closed_loop_lean", "open_loop_lean_noop_server"]  # fmt: skip
+    for name in runs:
+        _latency(http[name], "ms")
+        assert http[name]["errors"] == {}, (name, http[name]["errors"])
+        assert http[name]["client_cpu_us_per_request"] > 0, name
+    assert http["open_loop_lean"]["achieved_rate_per_s"] > 0
+    assert http["open_loop_lean"]["server_cpu_us_per_request"] > 0
+
+
+def check_swap(result: dict[str, Any]) -> None:
+    assert len(result["trained"]) == 2
+    for part, unit in ((result["in_process"], "us"), (result["http"], "ms")):
+        assert len(part["versions"]) == 2
+        for phase in (part["baseline"], part["under_swaps"]):
+            _latency(phase, unit)
+            assert phase["failed"] == 0, phase["errors"]
+            assert phase["decisions"] == phase["n"] == phase["answered_by_model"], phase
+            assert set(phase["versions"]) <= set(part["versions"]), phase["versions"]
+        swaps = part["under_swaps"]["swaps"]
+        assert swaps["requested"] == swaps["applied"] + swaps["not_applied"] > 0, swaps
+        _latency(part["under_swaps"]["overlapping_a_swap"], unit)
+        assert part["p99_ratio"] > 0
+        assert part["memory"]["rss_before_swaps_mb"] > 0
+        assert isinstance(part["memory"]["growth_mb"], float)
+
+
+@pytest.mark.parametrize(("script", "check"), [("latency", check_latency), ("swap", check_swap)])
+def test_quick_run_writes_complete_results(script: str, check: Any, tmp_path: Path) -> None:
+    out = tmp_path / f"{script}.json"
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / f"{script}.py"), "--quick", "--out", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "SHARE the machine's cores" in done.stdout  # the output says client and server share
+    result = json.loads(out.read_text())
+    assert result["quick"] is True
+    assert result["command"] == f"python bench/{script}.py --quick --out {out}"
+    assert result["machine"]["cpu_count"] > 0
+    assert result["machine"]["packages"]["onnxruntime"]
+    assert result["goals"]
+    for goal in result["goals"]:
+        assert goal["goal"] and goal["target"] and goal["measured"]
+        assert isinstance(goal["met"], bool)
+    check(result)

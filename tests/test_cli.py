@@ -1,0 +1,124 @@
+"""The `aiassist` command, run as a real process where it matters."""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from typer.testing import CliRunner
+
+from aiassist.cli import app, settings_markdown
+
+from .conftest import free_port, wait_healthy
+
+ROOT = Path(__file__).resolve().parent.parent
+runner = CliRunner()
+
+
+@pytest.fixture
+def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    monkeypatch.setenv("AIASSIST_DATA_DIR", str(tmp_path))
+    monkeypatch.delenv("AIASSIST_DATABASE_URL", raising=False)
+    return {"AIASSIST_DATA_DIR": str(tmp_path)}
+
+
+def test_keys_lifecycle(env: dict[str, str]) -> None:
+    assert runner.invoke(app, ["db", "upgrade"]).exit_code == 0
+    created = runner.invoke(app, ["keys", "create", "--name", "shop", "--scope", "decide"])
+    assert created.exit_code == 0, created.output
+    token = created.stdout.strip().splitlines()[-1]
+    assert token.startswith("aia_")
+    key_id = token.split("_")[1]
+    listed = runner.invoke(app, ["keys", "list"])
+    assert key_id in listed.stdout and "shop" in listed.stdout
+    assert token.split("_", 2)[2] not in listed.stdout  # the secret is never shown again
+    assert runner.invoke(app, ["keys", "revoke", key_id]).exit_code == 0
+    again = runner.invoke(app, ["keys", "revoke", key_id])
+    assert again.exit_code == 1 and "no active key" in again.output
+
+
+def test_bad_scope_is_refused(env: dict[str, str]) -> None:
+    runner.invoke(app, ["db", "upgrade"])
+    result = runner.invoke(app, ["keys", "create", "--name", "x", "--scope", "root"])
+    assert result.exit_code == 2 and "unknown scopes" in result.output
+
+
+def test_key_events_are_audited(env: dict[str, str], tmp_path: Path) -> None:
+    from aiassist.store.audit import AuditLog
+    from aiassist.store.db import make_engine, make_sessionmaker
+
+    runner.invoke(app, ["db", "upgrade"])
+    token = runner.invoke(app, ["keys", "create", "--name", "a", "--scope", "decide"]).stdout
+    runner.invoke(app, ["keys", "revoke", token.strip().split("_")[1]])
+    engine = make_engine(f"sqlite:///{tmp_path / 'aiassist.db'}")
+    check = AuditLog(make_sessionmaker(engine)).verify()
+    engine.dispose()
+    assert check.ok and check.events == 2
+
+
+def test_wrong_setting_stops_start_up_naming_it(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "aiassist", "serve"],
+        env=os.environ | {"AIASSIST_DATA_DIR": str(tmp_path), "AIASSIST_WORKERS": "lots"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert "AIASSIST_WORKERS" in result.stderr and "lots" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_settings_shows_effective_values_without_secrets(env: dict[str, str]) -> None:
+    os.environ["AIASSIST_API_KEY"] = "aia_x_topsecret"
+    try:
+        shown = runner.invoke(app, ["settings"]).stdout
+    finally:
+        del os.environ["AIASSIST_API_KEY"]
+    assert "AIASSIST_API_KEY" in shown and "topsecret" not in shown
+
+
+def test_configuration_doc_lists_every_setting() -> None:
+    doc = (ROOT / "docs" / "configuration.md").read_text()
+    assert settings_markdown() in doc, "regenerate with: aiassist settings --markdown"
+
+
+def test_up_serves_on_sqlite_with_an_admin_key(tmp_path: Path) -> None:
+    """What the README's run command ends in: `aiassist up` on the embedded default."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "aiassist", "up", "--port", str(port)],
+        env=os.environ | {"AIASSIST_DATA_DIR": str(tmp_path), "COLUMNS": "200"},
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_healthy(url)
+        key_file = tmp_path / "admin.key"
+        assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+        headers = {"authorization": f"Bearer {key_file.read_text().strip()}"}
+        assert httpx.get(f"{url}/v1/modules", headers=headers).status_code == 200
+        assert httpx.get(f"{url}/docs").status_code == 200
+        assert (tmp_path / "aiassist.db").exists()
+        # The daemon it started bootstraps a first model, and the service swaps it in.
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            decision = httpx.post(
+                f"{url}/v1/reference/decide", json={"features": {"signal": 1.0}}, headers=headers
+            ).json()
+            if decision["source"] == "model":
+                break
+            time.sleep(0.5)
+        assert decision["source"] == "model" and decision["model_version"] == "v0001"
+    finally:
+        proc.terminate()
+        out, _ = proc.communicate(timeout=60)
+    assert f"{url}/docs" in out and f"{url}/healthz" in out
+    assert key_file.read_text().strip() not in out  # the key is in the file, not the console

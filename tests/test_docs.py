@@ -1,0 +1,44 @@
+"""The documentation's Python examples run as written."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from aiassist.engine import Engine
+from aiassist.metrics import Metrics
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def python_blocks(doc: str) -> list[str]:
+    return re.findall(r"```python\n(.*?)```", (ROOT / doc).read_text(), flags=re.S)
+
+
+@pytest.mark.parametrize(
+    ("doc", "index"), [("README.md", 0), ("docs/modules.md", 0)], ids=["readme", "calling"]
+)
+def test_snippet_runs_in_local_mode(doc: str, index: int, tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", python_blocks(doc)[index]],
+        env=os.environ | {"AIASSIST_DATA_DIR": str(tmp_path), "AIASSIST_MODE": "local"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+
+
+def test_module_example_is_a_working_module() -> None:
+    namespace: dict[str, object] = {}
+    exec(python_blocks("docs/modules.md")[1], namespace)
+    module = namespace["module"]
+    engine = Engine([module], metrics=Metrics(CollectorRegistry()))  # type: ignore[list-item]
+    decision = engine.decide("churn", module.example)  # type: ignore[attr-defined]
+    assert decision.reach_out is True and decision.source == "fallback"  # type: ignore[attr-defined]

@@ -1,0 +1,297 @@
+"""The `priority` module: its rule, its simulator, its trainer, and the simulate endpoint
+over real HTTP (SQLite only: the simulation touches no table)."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+
+from aiassist.metrics import Metrics
+from aiassist.modules.priority import PriorityFeatures, module, order_key
+from aiassist.modules.priority.simulator import (
+    EDF,
+    FIFO,
+    GeneratorSpec,
+    LeastSlack,
+    ModulePolicy,
+    StaticLevels,
+    generate,
+    simulate,
+    summarize,
+)
+from aiassist.registry.runtime import OnnxPredictor, load_checked
+from aiassist.registry.store import ModelRegistry
+from aiassist.settings import Settings
+from aiassist.store.audit import AuditLog
+from aiassist.store.db import make_engine, make_sessionmaker
+from aiassist.training.daemon import ModelDaemon
+
+from .conftest import LiveServer, Tokens
+
+BASE: dict[str, Any] = module.example | {"age_s": 0}
+
+
+def decide(**changes: Any) -> Any:
+    return module.fallback(PriorityFeatures(**(BASE | changes)))
+
+
+@pytest.fixture
+def db_url(sqlite_url: str) -> str:
+    """SQLite only (overrides conftest's two databases): nothing here is about storage."""
+    return sqlite_url
+
+
+# --- the rule ----------------------------------------------------------------------------
+def test_tighter_slack_means_higher_priority() -> None:
+    deadlines = [60, 300, 600, 1200, 3600, 86_400]
+    decisions = [decide(deadline_in_s=d) for d in deadlines]
+    p_miss = [d.p_miss for d in decisions]
+    priority = [d.priority for d in decisions]
+    assert p_miss == sorted(p_miss, reverse=True) and p_miss[0] > 0.5 > p_miss[-1]
+    assert priority == sorted(priority, reverse=True) and priority[0] > priority[-1]
+    boost = [d.boost_s for d in decisions]
+    assert boost == sorted(boost, reverse=True)
+    # Already late ranks above merely close; no deadline ranks last.
+    assert decide(deadline_in_s=-10).priority >= decide(deadline_in_s=60).priority
+    assert decide(deadline_in_s=None).priority < priority[-1]
+
+
+def test_weight_and_age_raise_priority_and_order_key_agrees() -> None:
+    assert decide(business_weight=8).priority > decide(business_weight=1).priority
+    assert decide(deadline_in_s=None).p_miss == 0.0
+    # Aging: a waiting task's priority rises until it passes a fresh, more urgent one ...
+    urgent, patient = decide(business_weight=8), decide(business_weight=0.5, deadline_in_s=None)
+    waited = urgent.boost_s - patient.boost_s + 1
+    old = decide(business_weight=0.5, deadline_in_s=None, age_s=waited)
+    assert old.priority > urgent.priority
+    # ... exactly when order_key (fixed at enqueue) says it goes first.
+    assert order_key(0.0, patient) < order_key(waited, urgent)
+    assert 0 <= urgent.broker_priority <= 9 and urgent.explanation.startswith("rule:")
+
+
+# --- the simulator -----------------------------------------------------------------------
+SPEC = GeneratorSpec(tasks=1500, workers=4, load=0.9, burstiness=4, anomaly_share=0.3, seed=11)
+
+
+def test_the_simulator_is_deterministic_for_a_seed() -> None:
+    a, b = generate(SPEC), generate(SPEC)
+    assert np.array_equal(a.arrival, b.arrival) and np.array_equal(a.true_base, b.true_base)
+    assert a.storms == b.storms and a.task_type == b.task_type
+    assert not np.array_equal(a.arrival, generate(SPEC.model_copy(update={"seed": 12})).arrival)
+    for policy in (FIFO(), StaticLevels(), EDF(), LeastSlack(), ModulePolicy()):
+        first, again = summarize(a, simulate(a, policy)), summarize(b, simulate(b, policy))
+        assert first == again, policy.name
+        assert first["tasks"] == 1500 and first["throughput_per_min"] > 0
+
+
+def test_every_task_runs_once_and_policies_differ_where_expected() -> None:
+    traffic = generate(SPEC)
+    runs = {p.name: simulate(traffic, p) for p in (FIFO(), StaticLevels(), ModulePolicy())}
+    for run in runs.values():
+        assert not np.isnan(run.start).any() and (run.start >= traffic.arrival).all()
+        busy = sorted(zip(run.start, run.finish, run.worker, strict=True), key=lambda r: r[0])
+        last_end: dict[int, float] = {}
+        for start, finish, w in busy:  # a worker runs one task at a time
+            assert start >= last_end.get(int(w), -math.inf) - 1e-9
+            last_end[int(w)] = finish
+    fifo_wait = runs["fifo"].wait(traffic)
+    assert (np.diff(runs["fifo"].start) >= -1e-9).all()  # FIFO starts in arrival order
+    high = traffic.high
+    assert runs["module"].wait(traffic)[high].mean() < fifo_wait[high].mean()
+
+
+# --- the trainer -------------------------------------------------------------------------
+@cache
+def trained(seed: int = 5) -> tuple[Any, Any]:
+    from aiassist.modules.priority.training import trainer
+
+    return trainer, trainer.fit(trainer.synthetic(8000, seed), seed)
+
+
+def test_trained_model_passes_the_serving_checks_and_beats_the_rule(tmp_path: Path) -> None:
+    trainer, exported = trained()
+    registry = ModelRegistry(tmp_path)
+    manifest = exported.publish(registry, module)
+    predictor = load_checked(registry, module, manifest.version, latency_budget_us=1000)
+    held = trainer.synthetic(3000, seed=99)
+    features = [PriorityFeatures.model_validate(f.model_dump()) for f in held.features]
+    outputs = predictor.predict([module.encode(f) for f in features])
+    model_scores = [module.decode(f, o).p_miss for f, o in zip(features, outputs, strict=True)]
+    rule_scores = [module.fallback(f).p_miss for f in features]
+    q_model = trainer.quality(held.y, np.array(model_scores))
+    q_rule = trainer.quality(held.y, np.array(rule_scores))
+    assert q_model > q_rule + 0.01, (q_model, q_rule)
+
+
+def test_the_daemon_bootstraps_priority_from_its_simulator(settings: Settings) -> None:
+    db = make_engine(settings.resolved_database_url)
+    registry = ModelRegistry(settings.resolved_models_dir)
+    daemon = ModelDaemon(
+        settings, registry, db, AuditLog(make_sessionmaker(db)), {"priority": module}
+    )
+    try:
+        result = daemon.train("priority", synthetic=True, rows=5000, reason="test")
+    finally:
+        db.dispose()
+    assert result.action == "promoted" and result.baseline == "fallback", result.reason
+    assert registry.resolve("priority", "stable") == result.version
+
+
+# --- over HTTP ---------------------------------------------------------------------------
+@pytest.fixture
+def client(live_server: LiveServer):  # type: ignore[no-untyped-def]
+    with httpx.Client(base_url=live_server.url, timeout=30) as c:
+        yield c
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"business_weight": 1000}, "business_weight"),
+        ({"anomaly": 0}, "anomaly"),
+        ({"workers": 0}, "workers"),
+        ({"task_type": "has spaces"}, "task_type"),
+        ({"deadline_in_s": 1e12}, "deadline_in_s"),
+        ({"priority": 3}, "priority"),
+    ],
+)
+def test_bad_features_are_422_naming_the_field(
+    client: httpx.Client, tokens: Tokens, change: dict[str, Any], field: str
+) -> None:
+    body = {"features": BASE | change}
+    response = client.post("/v1/priority/decide", json=body, headers=tokens.header())
+    assert response.status_code == 422
+    assert any(e["loc"] == ["body", "features", field] for e in response.json()["detail"])
+
+
+def test_decide_over_http(client: httpx.Client, tokens: Tokens) -> None:
+    response = client.post("/v1/priority/decide", json={"features": BASE}, headers=tokens.header())
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["source"] == "fallback" and 0 <= body["priority"] <= 1 and body["boost_s"] >= 0
+
+
+GENERATE = {"generate": {"tasks": 800, "workers": 4, "seed": 3}, "show": 10}
+
+
+def test_simulate_generated_traffic(client: httpx.Client, tokens: Tokens) -> None:
+    response = client.post("/v1/priority/simulate", json=GENERATE, headers=tokens.header("decide"))
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert (body["served_by"], body["model_version"]) == ("fallback", None)
+    assert (body["tasks"], body["workers"]) == (800, 4) and body["high_tasks"] > 0
+    assert set(body["summary"]) == {"model", "fifo", "static"}
+    for summary in body["summary"].values():
+        assert summary["mean_wait_s"] >= 0 and 0 <= summary["deadline_miss_pct"] <= 100
+    rows = body["allocation"]
+    assert [r["index"] for r in rows] == list(range(10))
+    for row in rows:
+        for policy in ("model", "fifo", "static"):
+            slot = row[policy]
+            assert 0 <= slot["worker"] < 4 and slot["wait_s"] >= 0
+            assert math.isclose(slot["start_s"] - row["arrival_s"], slot["wait_s"], abs_tol=0.01)
+    again = client.post("/v1/priority/simulate", json=GENERATE, headers=tokens.header()).json()
+    assert again["summary"] == body["summary"]  # seeded
+
+
+def test_simulate_listed_tasks_under_the_served_model(
+    client: httpx.Client, tokens: Tokens, live_server: LiveServer, tmp_path: Path
+) -> None:
+    tasks = [
+        {"arrival_s": 0, "task_type": "report_export", "est_duration_s": 60,
+         "business_weight": 0.3},
+        {"arrival_s": 1, "task_type": "refund_review", "deadline_in_s": 3000,
+         "est_duration_s": 40, "business_weight": 0.8},
+        {"arrival_s": 2, "task_type": "dispatch_express", "deadline_in_s": 90,
+         "est_duration_s": 20, "business_weight": 5, "static_level": 6},
+        {"arrival_s": 3, "task_type": "customer_notify", "deadline_in_s": 200,
+         "est_duration_s": 5, "business_weight": 0.5, "true_duration_s": 9},
+    ]  # fmt: skip
+    _, exported = trained()
+    registry = ModelRegistry(tmp_path)
+    version = exported.publish(registry, module).version
+    engine = live_server.state.engine
+    engine.load("priority", OnnxPredictor(registry.version_dir("priority", version) /
+                "model.onnx", registry.manifest("priority", version)))  # fmt: skip
+    body = {"tasks": tasks, "workers": 1}
+    response = client.post("/v1/priority/simulate", json=body, headers=tokens.header())
+    assert response.status_code == 200, response.text
+    result = response.json()
+    assert (result["served_by"], result["model_version"]) == ("model", version)
+    rows = {r["index"]: r for r in result["allocation"]}
+    assert sorted(rows) == [0, 1, 2, 3] and rows[2]["static_level"] == 6
+    assert rows[0]["static_level"] == 0 and rows[3]["static_level"] == 3  # from the type
+    # One worker, busy with the report: the express dispatch jumps the queue under the model
+    # and meets its deadline; FIFO runs the refund first and the dispatch misses.
+    assert (rows[2]["model"]["start_s"], rows[2]["model"]["missed"]) == (60, False)
+    assert (rows[2]["fifo"]["start_s"], rows[2]["fifo"]["missed"]) == (100, True)
+    assert rows[0]["model"]["missed"] is None  # no deadline
+    # The private engine of the simulation recorded nothing as a real decision.
+    metrics: Metrics = live_server.state.metrics
+    assert (
+        metrics.registry.get_sample_value(
+            "aiassist_decisions_total", {"module": "priority", "source": "model"}
+        )
+        is None
+    )
+
+
+@pytest.mark.parametrize(
+    ("body", "loc"),
+    [
+        ({"generate": {"tasks": 100_000}}, ["body", "generate", "tasks"]),
+        ({"generate": {"load": 5}}, ["body", "generate", "load"]),
+        ({"generate": {"workers": 0}}, ["body", "generate", "workers"]),
+        ({"generate": {"seed": -1}}, ["body", "generate", "seed"]),
+        ({"generate": {"colour": "red"}}, ["body", "generate", "colour"]),
+        ({}, ["body"]),
+        ({"generate": {}, "tasks": [{"arrival_s": 0}]}, ["body"]),
+        ({"generate": {}, "workers": 3}, ["body"]),
+        ({"tasks": []}, ["body", "tasks"]),
+        ({"tasks": [{"arrival_s": 0}] * 2001}, ["body", "tasks"]),
+        ({"tasks": [{"arrival_s": -1}]}, ["body", "tasks", 0, "arrival_s"]),
+        ({"tasks": [{"arrival_s": 0, "queue_length": 3}]}, ["body", "tasks", 0, "queue_length"]),
+    ],
+)
+def test_bad_simulation_specs_are_422(
+    client: httpx.Client, tokens: Tokens, body: dict[str, Any], loc: list[Any]
+) -> None:
+    response = client.post("/v1/priority/simulate", json=body, headers=tokens.header())
+    assert response.status_code == 422
+    assert any(e["loc"] == loc for e in response.json()["detail"]), response.json()
+
+
+def test_simulate_needs_a_key_with_the_decide_scope(client: httpx.Client, tokens: Tokens) -> None:
+    assert client.post("/v1/priority/simulate", json=GENERATE).status_code == 401
+    refused = client.post("/v1/priority/simulate", json=GENERATE, headers=tokens.header("outcome"))
+    assert refused.status_code == 403
+    assert "/v1/priority/simulate" in client.get("/openapi.json").json()["paths"]
+
+
+def test_the_benchmark_runs_quick(tmp_path: Path) -> None:
+    out = tmp_path / "priority.json"
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run(
+        [sys.executable, str(root / "bench" / "priority.py"), "--quick", "--out", str(out)],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    result = json.loads(out.read_text())
+    assert result["quick"] is True and result["command"].startswith("python bench/priority.py")
+    policies = result["scenarios"]["main"]["policies"]
+    assert {"fifo", "static", "edf", "least_slack", "model", "fallback"} <= set(policies)
+    assert policies["model"]["model_answers"] == policies["model"]["tasks"]
+    assert [isinstance(g["met"], bool) for g in result["goals"]] == [True] * 3

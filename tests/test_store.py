@@ -1,0 +1,152 @@
+"""Storage on SQLite and on the real PostgreSQL server: migrations, keys, audit, recorder."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from prometheus_client import CollectorRegistry
+from sqlalchemy import delete, func, select, update
+
+from aiassist.engine import Engine
+from aiassist.metrics import Metrics
+from aiassist.store.audit import AuditLog
+from aiassist.store.db import make_engine, make_sessionmaker
+from aiassist.store.keys import KeyStore
+from aiassist.store.models import ApiKey, AuditEvent, Base, DecisionRecord
+from aiassist.store.recorder import DecisionRecorder
+
+
+def test_migrations_match_the_models(db_url: str) -> None:
+    engine = make_engine(db_url)
+    with engine.connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
+    engine.dispose()
+    assert diff == []
+
+
+def test_keys_authenticate_by_scope_and_revoke(keys: KeyStore) -> None:
+    new = keys.create("backend", ["decide", "outcome"])
+    principal = keys.authenticate(new.token)
+    assert principal is not None
+    assert principal.allows("decide") and principal.allows("outcome")
+    assert not principal.allows("admin")
+    assert keys.authenticate(new.token + "x") is None
+    assert keys.authenticate("aia_nope_secret") is None
+    assert keys.authenticate("not-a-key") is None
+    assert keys.revoke(principal.key_id)
+    assert keys.authenticate(new.token) is None
+    assert not keys.revoke(principal.key_id)  # already revoked
+
+
+def test_admin_implies_every_scope(keys: KeyStore) -> None:
+    principal = keys.authenticate(keys.create("ops", ["admin"]).token)
+    assert principal is not None and principal.allows("decide") and principal.allows("outcome")
+
+
+def test_key_secrets_are_not_stored(keys: KeyStore, db_url: str) -> None:
+    new = keys.create("backend", ["decide"])
+    secret = new.token.split("_", 2)[2]
+    engine = make_engine(db_url)
+    with make_sessionmaker(engine)() as session:
+        row = session.scalars(select(ApiKey)).one()
+    engine.dispose()
+    assert secret not in (row.secret_hash, row.name, row.scopes)
+    assert len(row.secret_hash) == 64
+
+
+@pytest.mark.parametrize("scopes", [["root"], []])
+def test_bad_scopes_are_refused(keys: KeyStore, scopes: list[str]) -> None:
+    with pytest.raises(ValueError, match="choose from"):
+        keys.create("x", scopes)
+
+
+def test_revocation_reaches_other_replicas_after_the_cache_time(db_url: str) -> None:
+    engine = make_engine(db_url)
+    sessions = make_sessionmaker(engine)
+    here, there = KeyStore(sessions, cache_seconds=0), KeyStore(sessions, cache_seconds=3600)
+    new = here.create("backend", ["decide"])
+    assert there.authenticate(new.token) is not None  # now cached over there
+    here.revoke(new.principal.key_id)
+    assert here.authenticate(new.token) is None
+    assert there.authenticate(new.token) is not None  # stale until its cache expires
+    assert KeyStore(sessions, cache_seconds=0).authenticate(new.token) is None
+    engine.dispose()
+
+
+@pytest.fixture
+def audit(db_url: str):  # type: ignore[no-untyped-def]
+    engine = make_engine(db_url)
+    yield AuditLog(make_sessionmaker(engine)), engine
+    engine.dispose()
+
+
+def test_audit_chain_verifies_and_detects_edits(audit) -> None:  # type: ignore[no-untyped-def]
+    log, engine = audit
+    for i in range(5):
+        log.append("key.created", f"k{i}", actor="test", data={"n": i, "scopes": ["decide"]})
+    assert log.verify().ok and log.verify().events == 5
+    with engine.begin() as conn:
+        conn.execute(update(AuditEvent).where(AuditEvent.subject == "k2").values(actor="mallory"))
+    check = log.verify()
+    assert not check.ok and check.reason == "content altered"
+    assert check.first_bad_id is not None
+
+
+def test_audit_chain_detects_a_deleted_row(audit) -> None:  # type: ignore[no-untyped-def]
+    log, engine = audit
+    for i in range(4):
+        log.append("key.revoked", f"k{i}", actor="test")
+    with engine.begin() as conn:
+        conn.execute(delete(AuditEvent).where(AuditEvent.subject == "k1"))
+    check = log.verify()
+    assert not check.ok and check.reason.startswith("link broken")
+
+
+def test_concurrent_appends_keep_one_chain(audit) -> None:  # type: ignore[no-untyped-def]
+    log, _ = audit
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda i: log.append("e", str(i), actor="t", data={"i": i}), range(60)))
+    check = log.verify()
+    assert check.ok and check.events == 60
+
+
+def test_recorder_stores_decisions_in_batches(db_url: str) -> None:
+    db = make_engine(db_url)
+    metrics = Metrics(CollectorRegistry())
+    recorder = DecisionRecorder(db, metrics, flush_seconds=0.05, batch_size=50)
+    engine = Engine(metrics=metrics, on_decision=recorder)
+    decisions = engine.decide_many("reference", [{"signal": i / 10} for i in range(120)])
+    recorder.flush()
+    with make_sessionmaker(db)() as session:
+        stored = session.scalar(select(func.count()).select_from(DecisionRecord))
+        first = session.get(DecisionRecord, decisions[0].decision_id)
+    assert stored == 120
+    assert first is not None and first.module == "reference" and first.source == "fallback"
+    assert first.features == {"signal": 0.0, "threshold": 0.0}
+    assert first.decision["act"] is True
+    recorder.close()
+    db.dispose()
+
+
+def test_recorder_drops_and_counts_when_full(sqlite_url: str) -> None:
+    db = make_engine(sqlite_url)
+    metrics = Metrics(CollectorRegistry())
+    recorder = DecisionRecorder(db, metrics, max_queue=10, flush_seconds=0.01, batch_size=1)
+    engine = Engine(metrics=metrics, on_decision=recorder)
+    blocker = make_engine(sqlite_url).raw_connection()
+    blocker.execute("BEGIN EXCLUSIVE")  # the database is stuck: the recorder cannot write
+    try:
+        engine.decide_many("reference", [{"signal": 1.0}] * 500)
+    finally:
+        blocker.rollback()
+        blocker.close()
+    dropped = metrics.registry.get_sample_value("aiassist_records_dropped_total")
+    assert dropped is not None and dropped >= 500 - 10 - 1
+    recorder.close()  # drains what was kept
+    with make_sessionmaker(db)() as session:
+        kept = session.scalar(select(func.count()).select_from(DecisionRecord))
+    assert kept is not None and kept + dropped == 500
+    db.dispose()
