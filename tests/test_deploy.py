@@ -34,7 +34,7 @@ from .conftest import ServiceProcess, free_port, wait_healthy
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
 COMPOSE_FILE = DEPLOY / "docker-compose.yml"
-SERVICES = {"postgres", "redis", "migrate", "ai-service", "model-daemon", "backend"}
+SERVICES = {"postgres", "redis", "migrate", "ai-service", "model-daemon", "backend", "mail"}
 
 
 # --- the compose file ----------------------------------------------------------------------
@@ -123,7 +123,7 @@ def _command(service: dict[str, Any]) -> str:
     return command if isinstance(command, str) else " ".join(command)
 
 
-def test_compose_defines_the_six_services(tmp_path: Path) -> None:
+def test_compose_defines_every_service(tmp_path: Path) -> None:
     assert set(_config(tmp_path, "--services").split()) == SERVICES
 
 
@@ -242,11 +242,12 @@ def service(sqlite_url: str, tmp_path: Path) -> Iterator[ServiceProcess]:
 
 
 @pytest.fixture
-def backend(db: Engine, service: ServiceProcess) -> Iterator[BackendProcess]:
+def backend(db: Engine, service: ServiceProcess, tmp_path: Path) -> Iterator[BackendProcess]:
     token = KeyStore(make_sessionmaker(db)).create("example backend", ["decide", "outcome"])
     proc = BackendProcess(
         free_port(),
         {
+            "BACKEND_DATABASE_URL": f"sqlite:///{tmp_path / 'backend.db'}",
             "AIASSIST_MODE": "remote",
             "AIASSIST_SERVICE_URL": service.url,
             "AIASSIST_API_KEY": token.token,

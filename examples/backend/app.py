@@ -1,41 +1,92 @@
-"""An order center: the "main backend" of a deployment, adopting aiassist at one decision point.
+"""A customer and order center: the "main backend" of a deployment, adopting aiassist.
 
-The business code is what it was before aiassist: orders come in, an order far above what
-the customer usually spends is held for manual review, and a reviewer later says whether it
-was fraud. Adopting aiassist added exactly three things, each marked `# aiassist:` below:
+The business code is what it was before aiassist: customers, CRM leads, orders, refunds,
+support tickets and outbound email, each behind a plain REST endpoint with an `operationId`,
+so its OpenAPI document imports as agent tools. Every write honours `Idempotency-Key`.
+
+Adopting aiassist's decision modules added exactly three things, marked `# aiassist:` below:
 
 1. `AIAssistService.setup()` in the lifespan (settings from `AIASSIST_*` variables; in
    docker compose `AIASSIST_MODE=remote` points it at the inference service);
-2. the hold-or-accept choice asks the `reference` module instead of comparing in place.
-   Its rule fallback *is* the old comparison, so nothing changes until a trained model is
-   promoted, and whenever the service is slow or down the backend still answers at once;
+2. the hold-or-accept choice for an order asks the `reference` module instead of comparing
+   in place. Its rule fallback *is* the old comparison, so nothing changes until a trained
+   model is promoted, and whenever the service is slow or down the backend still answers;
 3. the reviewer's verdict is recorded as the decision's outcome, so models learn from it.
 
-Run it with `uvicorn examples.backend.app:app` from the repository root.
+Run it with `uvicorn examples.backend.app:app` from the repository root (SQLite in
+`backend.db`, mail to an SMTP server on 127.0.0.1:8025; see `BackendSettings`).
 """
 
 from __future__ import annotations
 
-import itertools
-from collections.abc import AsyncIterator
+import smtplib
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
-from typing import Literal
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any, Literal
 
-from fastapi import FastAPI, HTTPException, status
-from pydantic import BaseModel, Field
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request, status
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
 from aiassist.modules.reference import module as reference
 from aiassist.sdk import AIAssistService
 
-__all__ = ["app"]
+from . import db
+from .idempotency import IdempotencyMiddleware
+from .mail import send_email
+
+__all__ = ["app", "create_app"]
 
 #: Hold an order for review when it is this many times the customer's average order.
 REVIEW_RATIO = 5.0
 #: The "average" of a customer without history, so a first order is judged too.
 FIRST_ORDER_AVERAGE = 50.0
 
+Email = Annotated[str, Field(min_length=3, max_length=254, pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$")]
+Name = Annotated[str, Field(min_length=1, max_length=200)]
+Text = Annotated[str, Field(min_length=1, max_length=10_000)]
 
-# --- the business model -------------------------------------------------------------------
+
+# --- schemas ------------------------------------------------------------------------------
+class Out(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+
+class CustomerIn(BaseModel):
+    name: Name
+    email: Email
+
+
+class CustomerOut(Out):
+    id: int
+    name: str
+    email: str
+
+
+class LeadIn(BaseModel):
+    name: Name = Field(description="The prospective customer's name.")
+    email: Email
+    interest: Text = Field(description="What the customer wants to know or buy.")
+
+
+class LeadUpdate(BaseModel):
+    status: Literal["new", "contacted", "qualified", "lost"] | None = None
+    owner: Annotated[str, Field(min_length=1, max_length=100)] | None = None
+    follow_up_in_days: int | None = Field(None, ge=0, le=365)
+
+
+class LeadOut(Out):
+    id: int
+    customer_id: int
+    interest: str
+    status: str
+    owner: str | None
+    follow_up_at: datetime | None
+
+
 class OrderIn(BaseModel):
     customer_id: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
     amount: float = Field(gt=0, le=1_000_000, description="Order total in the shop currency.")
@@ -51,11 +102,11 @@ class DecisionInfo(BaseModel):
     explanation: str
 
 
-class Order(BaseModel):
+class OrderOut(Out):
     id: int
     customer_id: str
     amount: float
-    status: Literal["accepted", "held_for_review", "rejected"]
+    status: Literal["accepted", "held_for_review", "rejected", "refunded"]
     decision: DecisionInfo
 
 
@@ -64,95 +115,350 @@ class Review(BaseModel):
 
 
 class ReviewResult(BaseModel):
-    order: Order
+    order: OrderOut
     outcome_recorded: bool = Field(
         description="False when the AI layer could not store it; the review still counts."
     )
 
 
-# --- storage (in memory: this is a demo, the decision flow is the point) -------------------
-_orders: dict[int, Order] = {}
-_ids = itertools.count(1)
+class RefundIn(BaseModel):
+    order_id: int = Field(ge=1)
+    amount: float = Field(gt=0, le=1_000_000)
+    reason: Text
 
 
-def _customer_average(customer_id: str) -> float:
-    """Average of the customer's accepted orders (held and rejected ones would skew it)."""
-    amounts = [
-        o.amount
-        for o in _orders.values()
-        if o.customer_id == customer_id and o.status == "accepted"
-    ]
-    return sum(amounts) / len(amounts) if amounts else FIRST_ORDER_AVERAGE
+class RefundOut(Out):
+    id: int
+    order_id: int
+    amount: float
+    reason: str
+    status: str
+
+
+class TicketIn(BaseModel):
+    customer_email: Email
+    subject: Name
+    body: Text
+
+
+class TicketAssignment(BaseModel):
+    assignee: str = Field(min_length=1, max_length=100)
+    category: Literal["billing", "delivery", "technical", "general"] = "general"
+
+
+class TicketOut(Out):
+    id: int
+    customer_email: str
+    subject: str
+    body: str
+    category: str
+    status: str
+    assignee: str | None
+
+
+class EmailIn(BaseModel):
+    to: Email
+    subject: Name
+    body: Text
+
+
+class EmailOut(Out):
+    id: int
+    to: str
+    subject: str
+    message_id: str
+    sent_at: datetime
+
+
+class DailyReport(BaseModel):
+    day: str
+    new_leads: int
+    orders: int
+    revenue: float
+    held_for_review: int
+    refunds_requested: int
+    refunded_amount: float
+    open_tickets: int
 
 
 # --- the app ------------------------------------------------------------------------------
-@asynccontextmanager
-async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    """Create the AI layer once per process, before the first request, and close it last.
+def create_app(settings: db.BackendSettings | None = None) -> FastAPI:
+    """The backend on its own database; `app` below is the one uvicorn serves."""
+    settings = settings or db.BackendSettings()
+    engine, sessions = db.connect(settings.database_url)
 
-    A wrong `AIASSIST_*` setting stops start-up here with a message naming it, rather
-    than surfacing later at a decision point.
-    """
-    AIAssistService.setup()  # aiassist: 1. once, at start-up
-    try:
-        yield
-    finally:
-        await AIAssistService.areset()
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        """Create the AI layer once per process, before the first request, and close it last.
 
+        A wrong `AIASSIST_*` setting stops start-up here with a message naming it.
+        """
+        AIAssistService.setup()  # aiassist: 1. once, at start-up
+        try:
+            yield
+        finally:
+            await AIAssistService.areset()
+            engine.dispose()
 
-app = FastAPI(title="order center (aiassist example backend)", lifespan=lifespan)
-
-
-@app.get("/healthz")
-async def healthz() -> dict[str, str]:
-    """Liveness of the backend itself; it does not depend on the AI service being up."""
-    return {"status": "ok"}
-
-
-@app.post("/orders", status_code=status.HTTP_201_CREATED)
-async def place_order(order: OrderIn) -> Order:
-    """Accept an order, or hold it for review when it is unusually large for the customer."""
-    ratio = order.amount / max(_customer_average(order.customer_id), 1.0)
-    # aiassist: 2. the decision point. Before: `hold = ratio >= REVIEW_RATIO`.
-    decision = await AIAssistService.instance().adecide(
-        reference, {"signal": ratio, "threshold": REVIEW_RATIO}
-    )  # given the module object, the answer is typed as its ReferenceDecision
-    placed = Order(
-        id=next(_ids),
-        customer_id=order.customer_id,
-        amount=order.amount,
-        status="held_for_review" if decision.act else "accepted",
-        decision=DecisionInfo(
-            decision_id=decision.decision_id,
-            source=decision.source,
-            model_version=decision.model_version,
-            score=decision.score,
-            explanation=decision.explanation,
-        ),
+    app = FastAPI(
+        title="order center",
+        description="Customers, CRM leads, orders, refunds, tickets and email "
+        "(the aiassist example backend). Writes honour `Idempotency-Key`.",
+        lifespan=lifespan,
     )
-    _orders[placed.id] = placed
-    return placed
+    app.add_middleware(IdempotencyMiddleware, sessions=sessions)
+    app.state.settings = settings
+    app.state.sessions = sessions
+    app.include_router(_routes())
+    return app
 
 
-@app.get("/orders/{order_id}")
-async def get_order(order_id: int) -> Order:
-    return _find(order_id)
+def _session(request: Request) -> Iterator[Session]:
+    with request.app.state.sessions.begin() as session:
+        yield session
 
 
-@app.post("/orders/{order_id}/review")
-async def review_order(order_id: int, review: Review) -> ReviewResult:
-    """A reviewer's verdict: reject fraud, accept the rest, and teach the AI layer."""
-    order = _find(order_id)
-    order.status = "rejected" if review.fraud else "accepted"
-    # aiassist: 3. what actually happened. Holding was right exactly when it was fraud.
-    recorded = await AIAssistService.instance().arecord_outcome(
-        reference, order.decision.decision_id, {"should_have_acted": review.fraud}
-    )
-    return ReviewResult(order=order, outcome_recorded=recorded)
+SessionDep = Annotated[Session, Depends(_session)]
 
 
-def _find(order_id: int) -> Order:
-    order = _orders.get(order_id)
-    if order is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no order {order_id}")
-    return order
+def _get(session: Session, model: type[Any], id_: int) -> Any:
+    row = session.get(model, id_)
+    if row is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no {model.__tablename__[:-1]} {id_}")
+    return row
+
+
+def _routes() -> APIRouter:
+    r = APIRouter()
+
+    @r.get("/healthz", tags=["meta"], operation_id="healthz")
+    def healthz() -> dict[str, str]:
+        """Liveness of the backend itself; it does not depend on the AI service being up."""
+        return {"status": "ok"}
+
+    # --- customers and CRM leads -----------------------------------------------------------
+    @r.post("/customers", status_code=201, tags=["crm"], operation_id="create_customer")
+    def create_customer(body: CustomerIn, session: SessionDep) -> CustomerOut:
+        """Register a customer; the email must be new."""
+        customer = db.Customer(name=body.name, email=body.email.lower())
+        session.add(customer)
+        try:
+            session.flush()
+        except IntegrityError:
+            raise HTTPException(409, f"a customer with email {body.email} exists") from None
+        return CustomerOut.model_validate(customer)
+
+    @r.get("/customers", tags=["crm"], operation_id="find_customers")
+    def find_customers(
+        session: SessionDep, email: Annotated[str | None, Query(max_length=254)] = None
+    ) -> list[CustomerOut]:
+        """Customers, optionally only the one with this email."""
+        query = select(db.Customer).order_by(db.Customer.id).limit(500)
+        if email is not None:
+            query = query.where(db.Customer.email == email.lower())
+        return [CustomerOut.model_validate(c) for c in session.scalars(query)]
+
+    @r.post("/leads", status_code=201, tags=["crm"], operation_id="create_crm_lead")
+    def create_crm_lead(body: LeadIn, session: SessionDep) -> LeadOut:
+        """Create a CRM lead for a prospective customer (the customer is created if new)."""
+        email = body.email.lower()
+        customer = session.scalar(select(db.Customer).where(db.Customer.email == email))
+        if customer is None:
+            customer = db.Customer(name=body.name, email=email)
+            session.add(customer)
+            session.flush()
+        lead = db.Lead(customer_id=customer.id, interest=body.interest)
+        session.add(lead)
+        session.flush()
+        return LeadOut.model_validate(lead)
+
+    @r.get("/leads", tags=["crm"], operation_id="list_leads")
+    def list_leads(
+        session: SessionDep,
+        lead_status: Annotated[
+            Literal["new", "contacted", "qualified", "lost"] | None, Query(alias="status")
+        ] = None,
+    ) -> list[LeadOut]:
+        """Leads, newest first, optionally of one status."""
+        query = select(db.Lead).order_by(db.Lead.id.desc()).limit(500)
+        if lead_status is not None:
+            query = query.where(db.Lead.status == lead_status)
+        return [LeadOut.model_validate(lead) for lead in session.scalars(query)]
+
+    @r.patch("/leads/{lead_id}", tags=["crm"], operation_id="update_crm_lead")
+    def update_crm_lead(lead_id: int, body: LeadUpdate, session: SessionDep) -> LeadOut:
+        """Change a lead's status or owner, or schedule its follow-up."""
+        lead = _get(session, db.Lead, lead_id)
+        if body.status is not None:
+            lead.status = body.status
+        if body.owner is not None:
+            lead.owner = body.owner
+        if body.follow_up_in_days is not None:
+            lead.follow_up_at = datetime.now(UTC) + timedelta(days=body.follow_up_in_days)
+        session.flush()
+        return LeadOut.model_validate(lead)
+
+    # --- orders (the aiassist decision point) ----------------------------------------------
+    @r.post("/orders", status_code=201, tags=["orders"], operation_id="place_order")
+    def place_order(body: OrderIn, session: SessionDep) -> OrderOut:
+        """Accept an order, or hold it for review when it is unusually large for the customer."""
+        average = session.scalar(
+            select(func.avg(db.Order.amount)).where(
+                db.Order.customer_id == body.customer_id, db.Order.status == "accepted"
+            )
+        )
+        ratio = body.amount / max(average or FIRST_ORDER_AVERAGE, 1.0)
+        # aiassist: 2. the decision point. Before: `hold = ratio >= REVIEW_RATIO`.
+        decision = AIAssistService.instance().decide(
+            reference, {"signal": ratio, "threshold": REVIEW_RATIO}
+        )  # given the module object, the answer is typed as its ReferenceDecision
+        order = db.Order(
+            customer_id=body.customer_id,
+            amount=body.amount,
+            status="held_for_review" if decision.act else "accepted",
+            decision=DecisionInfo(
+                decision_id=decision.decision_id,
+                source=decision.source,
+                model_version=decision.model_version,
+                score=decision.score,
+                explanation=decision.explanation,
+            ).model_dump(),
+        )
+        session.add(order)
+        session.flush()
+        return OrderOut.model_validate(order)
+
+    @r.get("/orders/{order_id}", tags=["orders"], operation_id="get_order")
+    def get_order(order_id: int, session: SessionDep) -> OrderOut:
+        return OrderOut.model_validate(_get(session, db.Order, order_id))
+
+    @r.post("/orders/{order_id}/review", tags=["orders"], operation_id="review_order")
+    def review_order(order_id: int, review: Review, session: SessionDep) -> ReviewResult:
+        """A reviewer's verdict: reject fraud, accept the rest, and teach the AI layer."""
+        order = _get(session, db.Order, order_id)
+        order.status = "rejected" if review.fraud else "accepted"
+        # aiassist: 3. what actually happened. Holding was right exactly when it was fraud.
+        recorded = AIAssistService.instance().record_outcome(
+            reference, order.decision["decision_id"], {"should_have_acted": review.fraud}
+        )
+        session.flush()
+        return ReviewResult(order=OrderOut.model_validate(order), outcome_recorded=recorded)
+
+    # --- refunds ---------------------------------------------------------------------------
+    @r.post("/refunds", status_code=201, tags=["refunds"], operation_id="request_refund")
+    def request_refund(body: RefundIn, session: SessionDep) -> RefundOut:
+        """Record a customer's refund request; nothing is paid until `issue_refund`."""
+        order = _get(session, db.Order, body.order_id)
+        if body.amount > order.amount:
+            raise HTTPException(422, f"refund {body.amount} exceeds the order's {order.amount}")
+        refund = db.Refund(order_id=order.id, amount=body.amount, reason=body.reason)
+        session.add(refund)
+        session.flush()
+        return RefundOut.model_validate(refund)
+
+    @r.post("/refunds/{refund_id}/issue", tags=["refunds"], operation_id="issue_refund")
+    def issue_refund(refund_id: int, session: SessionDep) -> RefundOut:
+        """Pay a requested refund back to the customer. Money leaves: this cannot be undone."""
+        refund = _get(session, db.Refund, refund_id)
+        if refund.status != "requested":
+            raise HTTPException(409, f"refund {refund_id} is already {refund.status}")
+        refund.status = "paid"
+        order = _get(session, db.Order, refund.order_id)
+        order.status = "refunded"
+        session.flush()
+        return RefundOut.model_validate(refund)
+
+    @r.delete("/refunds/{refund_id}", tags=["refunds"], operation_id="reject_refund")
+    def reject_refund(refund_id: int, session: SessionDep) -> RefundOut:
+        """Turn a refund request down."""
+        refund = _get(session, db.Refund, refund_id)
+        if refund.status != "requested":
+            raise HTTPException(409, f"refund {refund_id} is already {refund.status}")
+        refund.status = "rejected"
+        session.flush()
+        return RefundOut.model_validate(refund)
+
+    # --- tickets ---------------------------------------------------------------------------
+    @r.post("/tickets", status_code=201, tags=["tickets"], operation_id="open_ticket")
+    def open_ticket(body: TicketIn, session: SessionDep) -> TicketOut:
+        """Open a support ticket."""
+        ticket = db.Ticket(
+            customer_email=body.customer_email.lower(), subject=body.subject, body=body.body
+        )
+        session.add(ticket)
+        session.flush()
+        return TicketOut.model_validate(ticket)
+
+    @r.get("/tickets", tags=["tickets"], operation_id="list_tickets")
+    def list_tickets(
+        session: SessionDep,
+        ticket_status: Annotated[
+            Literal["open", "assigned", "closed"] | None, Query(alias="status")
+        ] = None,
+    ) -> list[TicketOut]:
+        """Tickets, oldest first, optionally of one status."""
+        query = select(db.Ticket).order_by(db.Ticket.id).limit(500)
+        if ticket_status is not None:
+            query = query.where(db.Ticket.status == ticket_status)
+        return [TicketOut.model_validate(t) for t in session.scalars(query)]
+
+    @r.post("/tickets/{ticket_id}/assign", tags=["tickets"], operation_id="assign_ticket")
+    def assign_ticket(ticket_id: int, body: TicketAssignment, session: SessionDep) -> TicketOut:
+        """Give a ticket a category and an assignee."""
+        ticket = _get(session, db.Ticket, ticket_id)
+        ticket.assignee, ticket.category, ticket.status = body.assignee, body.category, "assigned"
+        session.flush()
+        return TicketOut.model_validate(ticket)
+
+    # --- email -----------------------------------------------------------------------------
+    @r.post("/emails", status_code=201, tags=["email"], operation_id="send_email")
+    def send(body: EmailIn, request: Request, session: SessionDep) -> EmailOut:
+        """Send a plain-text email to a customer."""
+        try:
+            sent = send_email(session, request.app.state.settings, body.to, body.subject, body.body)
+        except (OSError, smtplib.SMTPException) as exc:
+            raise HTTPException(502, f"the mail server refused or is down: {exc}") from None
+        session.flush()
+        return EmailOut.model_validate(sent)
+
+    @r.get("/emails", tags=["email"], operation_id="list_emails")
+    def list_emails(
+        session: SessionDep, to: Annotated[str | None, Query(max_length=254)] = None
+    ) -> list[EmailOut]:
+        """Sent email, oldest first, optionally to one address."""
+        query = select(db.SentEmail).order_by(db.SentEmail.id).limit(500)
+        if to is not None:
+            query = query.where(db.SentEmail.to == to)
+        return [EmailOut.model_validate(e) for e in session.scalars(query)]
+
+    # --- reports ---------------------------------------------------------------------------
+    @r.get("/reports/daily", tags=["reports"], operation_id="daily_report")
+    def daily_report(session: SessionDep) -> DailyReport:
+        """Today's figures (UTC) across leads, orders, refunds and tickets."""
+        since = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+
+        def count(model: Any, *where: Any) -> int:
+            return int(session.scalar(select(func.count()).select_from(model).where(*where)) or 0)
+
+        def total(column: Any, *where: Any) -> float:
+            return float(session.scalar(select(func.coalesce(func.sum(column), 0)).where(*where)))
+
+        return DailyReport(
+            day=since.date().isoformat(),
+            new_leads=count(db.Lead, db.Lead.created_at >= since),
+            orders=count(db.Order, db.Order.created_at >= since),
+            revenue=total(
+                db.Order.amount, db.Order.created_at >= since, db.Order.status == "accepted"
+            ),
+            held_for_review=count(db.Order, db.Order.status == "held_for_review"),
+            refunds_requested=count(db.Refund, db.Refund.status == "requested"),
+            refunded_amount=total(
+                db.Refund.amount, db.Refund.created_at >= since, db.Refund.status == "paid"
+            ),
+            open_tickets=count(db.Ticket, db.Ticket.status != "closed"),
+        )
+
+    return r
+
+
+app = create_app()
