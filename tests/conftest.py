@@ -10,8 +10,10 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -140,6 +142,23 @@ def live_server(settings: Settings) -> Iterator[LiveServer]:
     yield LiveServer(url, server, thread, app)
     server.should_exit = True
     thread.join(10)
+
+
+@contextmanager
+def serving(app: Any) -> Iterator[str]:
+    """Any ASGI app under uvicorn on a loopback port, in a thread of this process."""
+    port = free_port()
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    wait_for(lambda: server.started or not thread.is_alive(), 20, "uvicorn to start")
+    assert server.started, "uvicorn did not start"
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
 
 
 def wait_for(condition: Callable[[], bool], timeout: float = 15.0, what: str = "") -> None:
