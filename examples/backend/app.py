@@ -356,7 +356,12 @@ def _routes() -> APIRouter:
         session.flush()
         return RefundOut.model_validate(refund)
 
-    @r.post("/refunds/{refund_id}/issue", tags=["refunds"], operation_id="issue_refund")
+    @r.post(
+        "/refunds/{refund_id}/issue",
+        tags=["refunds"],
+        operation_id="issue_refund",
+        openapi_extra={"x-aiassist-risk": "irreversible"},  # agents need an approval
+    )
     def issue_refund(refund_id: int, session: SessionDep) -> RefundOut:
         """Pay a requested refund back to the customer. Money leaves: this cannot be undone."""
         refund = _get(session, db.Refund, refund_id)
