@@ -36,6 +36,7 @@ from aiassist.integrations.celery import (
     configure_priority,
     enqueue,
     prioritize,
+    queue_features,
 )
 from aiassist.modules.priority import PriorityFeatures
 from aiassist.modules.priority import module as priority
@@ -53,12 +54,14 @@ BROKERS = {
 }
 
 #: Three classes of task with clearly different needs. Their levels are computed when the
-#: test runs (the scoring evolves); the lowest and the highest must differ.
+#: test runs (the scoring evolves); the lowest and the highest must differ. The load is
+#: given, so the broker's queue length (filled in when it is not) cannot move a level.
+_LOAD: dict[str, Any] = {"queue_length": 0, "workers": 1}
 CLASSES = {
-    "report": PriorityFeatures(task_type="report", est_duration_s=1),
-    "notify": PriorityFeatures(task_type="notify", deadline_in_s=8, est_duration_s=4),
+    "report": PriorityFeatures(task_type="report", est_duration_s=1, **_LOAD),
+    "notify": PriorityFeatures(task_type="notify", deadline_in_s=8, est_duration_s=4, **_LOAD),
     "dispatch": PriorityFeatures(
-        task_type="dispatch", deadline_in_s=30, est_duration_s=20, business_weight=3
+        task_type="dispatch", deadline_in_s=30, est_duration_s=20, business_weight=3, **_LOAD
     ),
 }
 
@@ -335,6 +338,40 @@ def test_prioritized_task_failure_and_retry_record_one_outcome(
     assert outcomes[fail_id]["deadline_met"] is False  # failed, however fast
     time.sleep(0.3)  # no late second outcome for the retried decision
     assert len(_outcomes(worker, {retry_id, fail_id}, 2)) == 2
+
+
+def test_queue_length_and_workers_come_from_the_broker(worker: Worker, log: redis.Redis) -> None:
+    log_key, release_key = _block(worker, log)
+    work = worker.app.tasks["aiassist_test.work"]
+    for i in range(3):  # unscored: the blocker holds the only worker process
+        work.apply_async((log_key, f"queued-{i}"))
+    # RabbitMQ counts its consumers (one worker, concurrency 1); Redis cannot tell.
+    expected = {"queue_length": 3} | ({"workers": 1} if worker.broker == "rabbitmq" else {})
+    found: dict[str, int] = {}
+
+    def probed() -> bool:  # the broker is asked at most once a second per queue
+        nonlocal found
+        found = queue_features(worker.app)
+        return found == expected
+
+    try:
+        wait_for(probed, 15, "the broker to count the queued tasks")
+    except TimeoutError:
+        pytest.fail(f"queue_features: {found}, expected {expected}")
+    finally:
+        log.set(release_key, 1, ex=60)
+    _started(worker, log, log_key, 4)
+    configured = Celery("cfg", broker=worker.app.conf.broker_url, set_as_current=False)
+    configured.conf.task_default_queue = worker.queue
+    configure_priority(configured, workers=7)
+    try:  # a configured pool size wins over the broker's count
+        assert queue_features(configured)["workers"] == 7
+        assert queue_features(configured, "aiassist-test-no-such-queue") == {
+            "queue_length": 0,
+            "workers": 7,
+        }
+    finally:
+        configured.close()
 
 
 # --- no broker needed --------------------------------------------------------------------

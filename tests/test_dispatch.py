@@ -21,6 +21,7 @@ from sqlalchemy import select
 from aiassist import AIAssistService
 from aiassist.dispatch import DispatcherClosed, DispatcherFull, Job, PriorityDispatcher
 from aiassist.metrics import Metrics
+from aiassist.modules.priority import PriorityFeatures
 from aiassist.settings import Settings
 from aiassist.store.db import make_engine
 from aiassist.store.models import DecisionRecord, OutcomeRecord
@@ -170,6 +171,47 @@ async def test_without_aging_the_routine_task_waits_for_the_whole_stream(
             await dispatcher.submit(task, "urgent", features=URGENT)
             await asyncio.sleep(0.001)
     assert started[-1] == "routine" and len(started) == 41  # the control for the test above
+
+
+@pytest.mark.parametrize("rescue", [60.0, 0.0])
+async def test_a_deadline_close_to_its_latest_start_is_rescued(
+    service: AIAssistService, rescue: float
+) -> None:
+    started: list[str] = []
+    gate = asyncio.Event()
+
+    async def task(label: str) -> None:
+        started.append(label)
+
+    important = {"task_type": "vip", "business_weight": 50.0}  # no deadline, big head start
+    due = {"task_type": "due", "business_weight": 0.0, "deadline_in_s": 30.0}
+    async with PriorityDispatcher(service, workers=1, rescue=rescue) as dispatcher:
+        await dispatcher.submit(gate.wait)
+        await asyncio.sleep(0.01)
+        vips = [await dispatcher.submit(task, f"vip-{i}", features=important) for i in range(3)]
+        late = await dispatcher.submit(task, "due", features=due)
+        assert late.decision.priority < min(j.decision.priority for j in vips)
+        assert late.decision.latest_start_s == pytest.approx(29.0)
+        gate.set()
+    # Its latest start (29 s) is within the rescue window: it goes first despite its rank.
+    assert started[0 if rescue else -1] == "due" and len(started) == 4
+
+
+async def test_the_dispatcher_fills_in_its_own_queue_features(service: AIAssistService) -> None:
+    gate = asyncio.Event()
+    async with PriorityDispatcher(service, workers=2) as dispatcher:
+        await dispatcher.submit(gate.wait)
+        await dispatcher.submit(gate.wait)
+        await asyncio.sleep(0.01)  # both workers are busy
+        jobs = [await dispatcher.submit(echo, i, features={"est_duration_s": 2}) for i in range(3)]
+        # queue_length i, workers 2, handler_load 1: i * 2 s / 2 workers / (1 - 0.5 * 1)
+        assert [j.decision.expected_wait_s for j in jobs] == [0.0, 2.0, 4.0]
+        given = await dispatcher.submit(
+            echo, 9, features=PriorityFeatures(est_duration_s=2, queue_length=10)
+        )
+        assert given.decision.expected_wait_s == 20.0  # the caller's queue length wins
+        gate.set()
+        assert [await j for j in jobs] == [0, 1, 2]
 
 
 async def test_outcomes_are_recorded(service: AIAssistService) -> None:

@@ -16,7 +16,14 @@ import numpy as np
 import pytest
 
 from aiassist.metrics import Metrics
-from aiassist.modules.priority import PriorityFeatures, module, order_key
+from aiassist.modules.priority import (
+    PriorityFeatures,
+    PriorityModule,
+    Scoring,
+    TaskQueue,
+    module,
+    order_key,
+)
 from aiassist.modules.priority.simulator import (
     EDF,
     FIFO,
@@ -60,9 +67,27 @@ def test_tighter_slack_means_higher_priority() -> None:
     assert priority == sorted(priority, reverse=True) and priority[0] > priority[-1]
     boost = [d.boost_s for d in decisions]
     assert boost == sorted(boost, reverse=True)
-    # Already late ranks above merely close; no deadline ranks last.
+    # Already late ranks above merely close; no deadline ranks last, with deadlines beyond
+    # the horizon.
     assert decide(deadline_in_s=-10).priority >= decide(deadline_in_s=60).priority
-    assert decide(deadline_in_s=None).priority < priority[-1]
+    assert decide(deadline_in_s=None).priority == priority[-1] < priority[-2]
+    assert decide(deadline_in_s=600).latest_start_s == 600 - 240 * 1.6
+    assert decide(deadline_in_s=None).latest_start_s is None
+
+
+def test_weight_gives_a_capped_head_start_that_the_settings_tune() -> None:
+    weights = [0, 0.5, 1, 3, 10, 100]
+    boosts = [decide(business_weight=w, deadline_in_s=None).boost_s for w in weights]
+    scoring = module.scoring
+    expected = [min(scoring.weight_s * math.log1p(w), scoring.weight_cap_s) for w in weights]
+    assert boosts == pytest.approx(expected)
+    assert boosts[-1] == scoring.weight_cap_s < scoring.weight_s * math.log1p(100)
+    assert Scoring() == Scoring.from_settings(Settings())  # the same defaults
+    tuned = Scoring.from_settings(Settings(priority_weight_s=10, priority_rescue_s=5))
+    assert (tuned.weight_s, tuned.rescue_s, tuned.horizon_s) == (10, 5, scoring.horizon_s)
+    f = PriorityFeatures(**(BASE | {"business_weight": 3, "deadline_in_s": None}))
+    assert PriorityModule(tuned).fallback(f).boost_s == pytest.approx(10 * math.log(4))
+    assert 0 < decide(age_s=10**6).priority == 1.0
 
 
 def test_weight_and_age_raise_priority_and_order_key_agrees() -> None:
@@ -76,6 +101,39 @@ def test_weight_and_age_raise_priority_and_order_key_agrees() -> None:
     # ... exactly when order_key (fixed at enqueue) says it goes first.
     assert order_key(0.0, patient) < order_key(waited, urgent)
     assert 0 <= urgent.broker_priority <= 9 and urgent.explanation.startswith("rule:")
+
+
+# --- the queue -----------------------------------------------------------------------------
+def test_the_queue_orders_by_priority_and_rescues_a_deadline_it_can_still_keep() -> None:
+    queue: TaskQueue[str] = TaskQueue(rescue_s=10, bound_s=1000)
+    queue.push("important", 0.0, boost_s=500, latest_start_s=None)
+    queue.push("due-soon", 0.0, boost_s=0, latest_start_s=15)
+    queue.push("too-late", 0.0, boost_s=100, latest_start_s=1)
+    queue.push("routine", 0.0, boost_s=0, latest_start_s=None)
+    assert len(queue) == 4 and set(queue) == {"important", "due-soon", "too-late", "routine"}
+    # At t=2: nothing is due within 10 s but "too-late", which is past saving.
+    assert queue.pop(2.0) == "important"
+    # At t=6 "due-soon" must start within 9 s: rescued ahead of "too-late".
+    assert queue.pop(6.0) == "due-soon" and queue.rescued == 1
+    assert [queue.pop(7.0), queue.pop(7.0)] == ["too-late", "routine"]
+    assert len(queue) == 0
+    with pytest.raises(IndexError):
+        queue.pop(8.0)
+
+
+def test_the_rescue_cannot_starve_a_task_that_waited_out_the_bound() -> None:
+    queue: TaskQueue[str] = TaskQueue(rescue_s=100, bound_s=50)
+    queue.push("old", 0.0, boost_s=0, latest_start_s=None)
+    for i in range(8):  # urgent tasks keep coming, each due within the rescue window
+        queue.push(f"urgent-{i}", 1.0 + i, boost_s=0, latest_start_s=90)
+    assert [queue.pop(10.0) for _ in range(2)] == ["urgent-0", "urgent-1"]
+    started = [queue.pop(60.0) for _ in range(4)]  # "old" has waited 60 s > 50 s
+    assert started == ["urgent-2", "urgent-3", "urgent-4", "old"]  # one start in four
+    # Boosts are capped at the bound: a task 50 s younger never overtakes.
+    capped: TaskQueue[str] = TaskQueue(rescue_s=0, bound_s=50)
+    capped.push("first", 0.0, boost_s=0, latest_start_s=None)
+    capped.push("boosted", 51.0, boost_s=10**6, latest_start_s=None)
+    assert capped.pop(60.0) == "first"
 
 
 # --- the simulator -----------------------------------------------------------------------
@@ -293,5 +351,8 @@ def test_the_benchmark_runs_quick(tmp_path: Path) -> None:
     assert result["quick"] is True and result["command"].startswith("python bench/priority.py")
     policies = result["scenarios"]["main"]["policies"]
     assert {"fifo", "static", "edf", "least_slack", "model", "fallback"} <= set(policies)
-    assert policies["model"]["model_answers"] == policies["model"]["tasks"]
+    model = policies["model"]["mean"]
+    assert model["model_answers"] == model["tasks"] and model["rescued"] > 0
+    assert len(policies["model"]["per_seed"]) == len(result["parameters"]["seeds"]) == 1
+    assert "model, no rescue" in policies  # the ablations run on the main scenario
     assert [isinstance(g["met"], bool) for g in result["goals"]] == [True] * 3

@@ -4,30 +4,37 @@ The embedded default for task priority: no broker, one event loop, a pool of wor
 coroutines. Each task is scored once, when it is submitted, through `AIAssistService`
 (the model when one is loaded, the least-slack rule otherwise, and the rule again when a
 remote service is down), and its outcome is recorded when it ends so that the model learns
-from what really happened.
+from what really happened. The dispatcher fills the features it knows itself (queue length,
+workers, their load) when the caller does not give them.
 
-Ordering and the starvation bound: a task submitted at time t gets the module's static key
-``t - boost`` (`priority.order_key`: its head start over first come, first served, in
-seconds, capped at `horizon` when one is given), and a free worker always takes the
-smallest key (ties in submit order). A task submitted at t' runs before it only if
-t' - boost' < t - boost, so t' < t + boost' <= t + horizon. Nothing submitted more than
-`horizon` seconds after a task runs before it: its wait is bounded by the work submitted
-before ``t + horizon``, however steady the stream of urgent tasks. The lowest class is
-never starved, and a static key costs nothing per pop: the heap is never re-sorted.
-Without a cap the module's own bound holds (its `Scoring.horizon_s + risk_s`).
+Ordering (`priority.TaskQueue`, the same code the benchmark's simulator runs): a free worker
+takes the task with the smallest static key ``t - boost`` (`priority.order_key`: its head
+start over first come, first served, in seconds, capped at `horizon`), except that a task
+whose latest start is less than `rescue` seconds away goes first (the rescue), so that a
+deadline that can still be met is not lost to more important work with time to spare.
+
+Starvation bound: a task submitted at t' is ahead of one submitted at t in the priority
+order only if t' - boost' < t - boost, so t' < t + horizon; and once the first task in that
+order has waited out the horizon, every fourth start is taken from the priority order
+whatever the rescue wants. However steady a stream of urgent tasks, the lowest class keeps
+moving. A static key costs nothing per pop: the heap is never re-sorted.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextvars
-import itertools
 import logging
 from collections.abc import Awaitable, Callable, Coroutine, Generator, Mapping
 from types import TracebackType
 from typing import Any, Generic, Literal, Self, TypeVar, cast
 
-from aiassist.modules.priority import PriorityDecision, PriorityFeatures, PriorityOutcome
+from aiassist.modules.priority import (
+    PriorityDecision,
+    PriorityFeatures,
+    PriorityOutcome,
+    TaskQueue,
+)
 from aiassist.modules.priority import module as priority
 from aiassist.sdk.service import AIAssistService
 
@@ -83,6 +90,25 @@ class Job(Generic[T]):
         return self.future.result()
 
 
+class _JobQueue(asyncio.Queue[Job[Any]]):
+    """An asyncio queue (put/get/join/maxsize as usual) whose order is a `TaskQueue`, read
+    at the event loop's clock when a worker gets the next job."""
+
+    def __init__(self, maxsize: int, order: TaskQueue[Job[Any]]) -> None:
+        self._order = order
+        super().__init__(maxsize)
+
+    def _init(self, maxsize: int) -> None:
+        self._queue = self._order  # the base class's qsize() and repr read _queue
+
+    def _put(self, item: Job[Any]) -> None:
+        decision = item.decision
+        self._order.push(item, item.enqueued_at, decision.boost_s, decision.latest_start_s)
+
+    def _get(self) -> Job[Any]:
+        return self._order.pop(asyncio.get_running_loop().time())
+
+
 class PriorityDispatcher:
     """An asyncio worker pool that runs the highest-priority submitted task first.
 
@@ -94,7 +120,9 @@ class PriorityDispatcher:
 
     - `horizon`: the longest head start a task may get over first come, first served, and
       so the longest extra wait the lowest class may suffer (see the module docstring).
-      None: the priority module's own bound.
+      None: the priority module's own bound (`Scoring.max_boost_s`).
+    - `rescue`: seconds before its latest start at which a task runs out of priority order.
+      None: the service's `priority_rescue_s` setting; 0: off.
     - `max_queue`: tasks waiting at most. When full, `submit` raises `DispatcherFull`
       (`when_full="raise"`) or waits for room (`"wait"`: backpressure on the producer).
     - metrics go to the service's registry: queue depth, wait by broker priority,
@@ -108,24 +136,27 @@ class PriorityDispatcher:
         workers: int = 4,
         max_queue: int = 10_000,
         horizon: float | None = None,
+        rescue: float | None = None,
         when_full: Literal["raise", "wait"] = "raise",
         record_outcomes: bool = True,
         name: str = "default",
     ) -> None:
-        if workers < 1 or max_queue < 1 or (horizon is not None and horizon < 0):
-            raise ValueError("workers and max_queue must be >= 1 and horizon >= 0")
+        if workers < 1 or max_queue < 1:
+            raise ValueError("workers and max_queue must be >= 1")
+        if (horizon is not None and horizon < 0) or (rescue is not None and rescue < 0):
+            raise ValueError("horizon and rescue must be >= 0")
         self.service = service or AIAssistService.instance()
         self.workers = workers
         self.max_queue = max_queue
-        self.horizon = horizon
+        self.horizon = priority.scoring.max_boost_s if horizon is None else horizon
+        self.rescue = self.service.settings.priority_rescue_s if rescue is None else rescue
         self.when_full = when_full
         self.record_outcomes = record_outcomes
         self.name = name
-        self._queue: asyncio.PriorityQueue[tuple[float, int, Job[Any]]] = asyncio.PriorityQueue(
-            max_queue
-        )
+        self.order: TaskQueue[Job[Any]] = TaskQueue(rescue_s=self.rescue, bound_s=self.horizon)
+        self._queue = _JobQueue(max_queue, self.order)
         self._outcomes: asyncio.Queue[tuple[str, PriorityOutcome]] = asyncio.Queue(max_queue)
-        self._seq = itertools.count()
+        self._busy = 0
         self._workers: list[asyncio.Task[None]] = []
         self._recorder: asyncio.Task[None] | None = None
         self._closing = False
@@ -171,7 +202,7 @@ class PriorityDispatcher:
     async def _shut_down(self) -> None:
         self._cancelling = True
         while not self._queue.empty():  # nothing left after a drain; else cancel it
-            _, _, job = self._queue.get_nowait()
+            job = self._queue.get_nowait()
             if job.cancel():
                 self._done.labels(self.name, "cancelled").inc()
             self._queue.task_done()
@@ -213,15 +244,18 @@ class PriorityDispatcher:
         """Score `fn(*args, **kwargs)` with the `priority` module and queue it.
 
         `features` describe the task (deadline, duration, weight, ...); invalid ones raise
-        pydantic.ValidationError. A service that is down never fails this: its rule answers.
+        pydantic.ValidationError. `queue_length`, `workers` and `handler_load` default to
+        this dispatcher's own. A service that is down never fails this: its rule answers.
         The task runs in a copy of the caller's context, as `asyncio.create_task` would.
         """
         if self._closing:
             raise DispatcherClosed(f"dispatcher {self.name!r} is stopping; task refused")
         if self.when_full == "raise" and self._queue.full():
             raise self._full()
-        raw = features or {}
-        feats = cast(PriorityFeatures, self.service.engine.features(priority.name, raw))
+        feats = cast(
+            PriorityFeatures,
+            self.service.engine.features(priority.name, self._with_own_features(features)),
+        )
         await self.start()
         loop = asyncio.get_running_loop()
         enqueued_at = loop.time()
@@ -233,16 +267,14 @@ class PriorityDispatcher:
             return await fn(*args, **kwargs)
 
         job = Job(call, decision, feats.deadline_in_s, enqueued_at, loop.create_future())
-        boost = decision.boost_s if self.horizon is None else min(decision.boost_s, self.horizon)
-        item = (enqueued_at - boost, next(self._seq), job)
         if self.when_full == "wait":
-            await self._queue.put(item)
+            await self._queue.put(job)
             if self._cancelling:  # the queue was emptied while we waited for room
                 job.cancel()
                 raise DispatcherClosed(f"dispatcher {self.name!r} stopped; task refused")
         else:
             try:
-                self._queue.put_nowait(item)
+                self._queue.put_nowait(job)
             except asyncio.QueueFull:
                 raise self._full() from None
         self._depth.set(self._queue.qsize())
@@ -259,6 +291,21 @@ class PriorityDispatcher:
         """`submit` and wait for the result."""
         return await (await self.submit(fn, *args, features=features, **kwargs))
 
+    def _with_own_features(
+        self, features: PriorityFeatures | Mapping[str, Any] | None
+    ) -> dict[str, Any]:
+        """The caller's features, plus the queue's own where the caller gave none."""
+        if isinstance(features, PriorityFeatures):
+            given = features.model_dump(include=features.model_fields_set)
+        else:
+            given = dict(features or {})
+        own = {
+            "queue_length": self._queue.qsize(),
+            "workers": self.workers,
+            "handler_load": self._busy / self.workers,
+        }
+        return own | given
+
     def _full(self) -> DispatcherFull:
         return DispatcherFull(
             f"dispatcher {self.name!r} has {self.max_queue} tasks queued (max_queue): "
@@ -269,7 +316,7 @@ class PriorityDispatcher:
     async def _work(self) -> None:
         me = asyncio.current_task()
         while me is None or not me.cancelling():  # a job that swallowed our cancel ends here
-            _, _, job = await self._queue.get()
+            job = await self._queue.get()
             self._depth.set(self._queue.qsize())
             try:
                 if job.done():  # cancelled by its caller while it waited
@@ -290,6 +337,7 @@ class PriorityDispatcher:
         running = loop.create_task(job._call(), context=job._context)
         job.future.add_done_callback(lambda f: running.cancel() if f.cancelled() else None)
         status = "ok"
+        self._busy += 1
         try:
             result = await running
         except asyncio.CancelledError:
@@ -306,6 +354,8 @@ class PriorityDispatcher:
         else:
             if not job.done():
                 job.future.set_result(result)
+        finally:
+            self._busy -= 1
         finished = loop.time()
         self._done.labels(self.name, status).inc()
         if status != "cancelled" and self.record_outcomes:

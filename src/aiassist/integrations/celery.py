@@ -25,12 +25,18 @@ Three parts, used together::
 - Signal handlers, connected by `configure_priority`, record that outcome (`waited_s`,
   `ran_s`, `deadline_met`) when the task ends, so the model learns from real waits.
 
+The load features the caller leaves out are filled from the broker (`queue_features`): the
+messages waiting in the task's queue (`queue_length`) and, on RabbitMQ, the workers
+consuming it (`workers`; on Redis, which cannot tell, the `workers` given to
+`configure_priority`). The broker is asked at most once a second per queue.
+
 The AI layer never breaks a task: a scoring failure enqueues the task unscored at the default
 priority, and an outcome that cannot be recorded is logged and dropped.
 """
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
 import threading
@@ -62,6 +68,7 @@ __all__ = [
     "configure_priority",
     "enqueue",
     "prioritize",
+    "queue_features",
     "task_headers",
 ]
 
@@ -91,6 +98,7 @@ _MAX_SECONDS: Final = 30 * 86_400.0  # PriorityOutcome's bound on waited_s and r
 class _AppState:
     kind: BrokerKind
     service: AIAssistService | None = None
+    workers: int | None = None
 
 
 _apps: WeakKeyDictionary[Any, _AppState] = WeakKeyDictionary()
@@ -133,6 +141,7 @@ def configure_priority(
     *,
     default_priority: int = 0,
     service: AIAssistService | None = None,
+    workers: int | None = None,
 ) -> BrokerKind:
     """Apply Celery's documented priority settings for the app's broker; return its kind.
 
@@ -153,11 +162,16 @@ def configure_priority(
       a priority lands on the step served FIRST, ahead of every scored task.
 
     `service` is used on the workers to record outcomes (default: the process-wide
-    `AIAssistService.instance()`, created on first use).
+    `AIAssistService.instance()`, created on first use). `workers`: the worker processes
+    serving the app's queues, for the `workers` feature where the broker cannot count them
+    (Redis; on RabbitMQ the consumers are counted, times `worker_concurrency` if set).
     """
+    if workers is not None and workers < 1:
+        raise ValueError("workers must be >= 1")
     kind = broker_kind(app)
     with _apps_lock:
         _apps[app].service = service
+        _apps[app].workers = workers
     settings: dict[str, Any] = {
         "worker_prefetch_multiplier": 1,
         "task_acks_late": True,
@@ -194,7 +208,8 @@ def prioritize(
     mode: see what the model would do before letting it order the queue).
     """
     result = dict(options or {})
-    scored = _score(app, features, service)
+    queue = result.get("queue")
+    scored = _score(app, features, service, queue if isinstance(queue, str) else None)
     if scored is None:
         return result
     decision, deadline_in_s = scored
@@ -303,6 +318,72 @@ def task_headers(request: Any) -> dict[str, Any]:
     return found
 
 
+# --- load features from the broker ----------------------------------------------------
+_PROBE_SECONDS: Final = 1.0
+_probes: dict[tuple[int, str], tuple[float, dict[str, int]]] = {}
+_probes_lock = threading.Lock()
+
+
+def queue_features(app: Celery, queue: str | None = None) -> dict[str, int]:
+    """`queue_length` and `workers` of `queue` (default: the app's default queue) as the
+    broker sees them now, or less when it cannot tell; {} when it cannot be asked.
+
+    Cached for a second per queue, so that a burst of enqueues costs one broker round trip.
+    """
+    name = queue or str(app.conf.task_default_queue)
+    cache_key = (id(app), name)
+    now = time.monotonic()
+    with _probes_lock:
+        cached = _probes.get(cache_key)
+    if cached is not None and now - cached[0] < _PROBE_SECONDS:
+        return cached[1]
+    try:
+        found = _probe(app, name)
+    except Exception as exc:  # a broker that cannot answer: score without these features
+        log.warning("cannot read the length of queue %r from the broker: %s", name, exc)
+        found = {}
+    with _probes_lock:
+        if len(_probes) > 1000:
+            _probes.clear()
+        _probes[cache_key] = (now, found)
+    return found
+
+
+def _probe(app: Celery, queue: str) -> dict[str, int]:
+    kind = broker_kind(app)
+    state = _apps.get(app)
+    configured = state.workers if state is not None else None
+    concurrency = app.conf.worker_concurrency
+    found: dict[str, int] = {}
+    with app.pool.acquire(block=True, timeout=2) as conn:
+        if kind == "amqp":
+            channel = conn.channel()
+            try:  # passive: never creates the queue
+                _, messages, consumers = channel.queue_declare(queue=queue, passive=True)
+            except Exception as exc:
+                if getattr(exc, "code", None) != 404:
+                    raise
+                messages, consumers = 0, 0  # not declared yet: nothing queued
+            finally:
+                with contextlib.suppress(Exception):
+                    channel.close()
+            found["queue_length"] = int(messages)
+            if configured is None and consumers:
+                found["workers"] = int(consumers) * int(concurrency or 1)
+        elif kind == "redis":
+            options = app.conf.broker_transport_options or {}
+            sep = str(options.get("sep", ":"))
+            steps = options.get("priority_steps") or [0]
+            names = [queue] + [f"{queue}{sep}{step}" for step in steps if step]
+            client = conn.default_channel.client
+            found["queue_length"] = int(sum(client.llen(n) for n in names))
+        else:
+            return {}
+    if configured is not None:
+        found["workers"] = configured
+    return found
+
+
 def _service(app: Any, service: AIAssistService | None) -> AIAssistService:
     if service is not None:
         return service
@@ -313,12 +394,16 @@ def _service(app: Any, service: AIAssistService | None) -> AIAssistService:
 
 
 def _score(
-    app: Celery, features: RawFeatures, service: AIAssistService | None
+    app: Celery, features: RawFeatures, service: AIAssistService | None, queue: str | None
 ) -> tuple[PriorityDecision, float | None] | None:
     try:
-        f = priority.Features.model_validate(
-            features.model_dump() if isinstance(features, PriorityFeatures) else features
-        )
+        if isinstance(features, PriorityFeatures):
+            given = features.model_dump(include=features.model_fields_set)
+        else:
+            given = dict(features)
+        if not {"queue_length", "workers"} <= given.keys():
+            given = queue_features(app, queue) | given
+        f = priority.Features.model_validate(given)
     except Exception:
         log.exception("invalid priority features; the task is enqueued unscored")
         return None

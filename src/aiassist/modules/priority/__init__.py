@@ -2,19 +2,26 @@
 combined priority, the expected wait and the risk of missing the deadline.
 
 It replaces a fixed classification (say four levels hard-coded per task type) at the point
-where a task is enqueued. How the priority is made (`Scoring`):
+where a task is enqueued. How the priority is made (`Scoring`, set from the `priority_*`
+settings):
 
 - **Latest start**: the deadline minus the duration at anomaly speed (`est_duration_s *
-  anomaly`), at least 0. A task without a deadline, or with one beyond the horizon
-  (`horizon_s`, 90 min), counts as due at the horizon.
-- **Weight**: business weight shortens that time: it is divided by `(1 + weight) **
-  weight_exponent`, so an important task is treated as if its deadline were closer.
+  anomaly`). A task without a deadline, or with one beyond the horizon (`horizon_s`,
+  90 min), counts as due at the horizon; the sooner it is due, the larger its head start
+  (`horizon_s - latest start`).
+- **Weight**: business weight adds `weight_s * ln(1 + weight)` seconds of head start, at
+  most `weight_cap_s`. Importance orders the queue; deadlines are kept by the rescue below,
+  not by running every task with a deadline before every task without one.
 - **Risk**: the probability of missing the deadline when nothing puts the task ahead (the
-  rule's estimate, or the model's) brings it forward by up to `risk_s` seconds.
-- **Aging**: `boost_s = horizon - virtual latest start + risk` is a head start over first
-  come, first served. Ordering by `enqueued_at - boost_s` (`order_key`) is ordering by
-  priority at every later moment; nothing is overtaken by work that arrives more than
-  `horizon_s + risk_s` seconds after it, so nothing starves.
+  rule's estimate, or the model's) adds up to `risk_s` seconds.
+- **Aging**: the sum is `boost_s`, a head start over first come, first served. Ordering by
+  `enqueued_at - boost_s` (`order_key`) is ordering by priority at every later moment, and
+  nothing is overtaken by work that arrives more than `max_boost_s` after it. `priority` is
+  `(boost_s + age_s) / max_boost_s` (at most 1), and `broker_priority` its tenth.
+- **Rescue** (`TaskQueue`, used by the dispatcher and the simulator alike): a queued task
+  whose latest start is less than `rescue_s` away starts before the priority order, so a
+  deadline that can still be met is not lost to a more important task with time to spare;
+  the rescue never overtakes a task that has waited `max_boost_s`, so nothing starves.
 
 The rule fallback computes P(miss) from the slack left after the expected wait; a model
 (trained on the simulator in `simulator.py`, then on recorded outcomes) predicts it.
@@ -24,6 +31,7 @@ the latest start (anomaly) and the risk (both).
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -31,6 +39,8 @@ from dataclasses import dataclass
 from pydantic import Field
 
 from aiassist.modules.base import Decision, Features, Module, Outcome
+from aiassist.modules.priority.queue import TaskQueue
+from aiassist.settings import Settings, SettingsError, load_settings
 
 __all__ = [
     "PriorityDecision",
@@ -38,20 +48,41 @@ __all__ = [
     "PriorityModule",
     "PriorityOutcome",
     "Scoring",
+    "TaskQueue",
     "module",
     "order_key",
 ]
+
+log = logging.getLogger("aiassist.priority")
 
 _DAY = 86_400.0
 
 
 @dataclass(frozen=True)
 class Scoring:
-    """How the combined priority is made (see the module docstring)."""
+    """How the combined priority is made (see the module docstring); the defaults are the
+    `priority_*` settings' defaults."""
 
     horizon_s: float = 5400.0
-    weight_exponent: float = 0.5
+    weight_s: float = 1500.0
+    weight_cap_s: float = 5400.0
     risk_s: float = 60.0
+    rescue_s: float = 120.0
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Scoring:
+        return cls(
+            horizon_s=settings.priority_horizon_s,
+            weight_s=settings.priority_weight_s,
+            weight_cap_s=settings.priority_weight_cap_s,
+            risk_s=settings.priority_risk_s,
+            rescue_s=settings.priority_rescue_s,
+        )
+
+    @property
+    def max_boost_s(self) -> float:
+        """The largest head start: the aging bound (see `order_key`)."""
+        return self.horizon_s + self.weight_cap_s + self.risk_s
 
 
 class PriorityFeatures(Features):
@@ -98,6 +129,12 @@ class PriorityDecision(Decision):
     broker_priority: int = Field(ge=0, le=9, description="The same, as a broker priority 0-9.")
     expected_wait_s: float = Field(ge=0, description="Expected wait before the task starts.")
     p_miss: float = Field(ge=0, le=1, description="Probability of missing the deadline.")
+    latest_start_s: float | None = Field(
+        None,
+        description="Seconds from now until the task must start to meet its deadline at "
+        "anomaly speed (negative: already too late); none without a deadline. A dispatcher "
+        "rescues a task whose latest start is near (see TaskQueue).",
+    )
 
 
 class PriorityOutcome(Outcome):
@@ -145,7 +182,18 @@ class PriorityModule(Module[PriorityFeatures, PriorityDecision, PriorityOutcome]
     trainer = "aiassist.modules.priority.training:trainer"
 
     def __init__(self, scoring: Scoring | None = None) -> None:
-        self.scoring = scoring or Scoring()
+        self._scoring = scoring
+
+    @property
+    def scoring(self) -> Scoring:
+        """The given scoring, else the process's `priority_*` settings (read on first use)."""
+        if self._scoring is None:
+            try:
+                self._scoring = Scoring.from_settings(load_settings())
+            except SettingsError as exc:  # the service reports it at start; never fail here
+                log.warning("priority: settings unreadable, default scoring: %s", exc)
+                self._scoring = Scoring()
+        return self._scoring
 
     def fallback(self, f: PriorityFeatures) -> PriorityDecision:
         s = slack(f)
@@ -193,24 +241,18 @@ class PriorityModule(Module[PriorityFeatures, PriorityDecision, PriorityOutcome]
             1.0, 0.5 * f.handler_load + 0.5 * (1 - math.exp(-f.queue_length / (4 * f.workers)))
         )
         anomaly = min(max((f.anomaly - 1.0) / 1.5, 0.0), 1.0)
-        if f.deadline_in_s is None:
-            due = sc.horizon_s
-        else:
+        latest_start = None
+        due = sc.horizon_s
+        if f.deadline_in_s is not None:
             latest_start = f.deadline_in_s - f.est_duration_s * f.anomaly
             due = min(max(latest_start, 0.0), sc.horizon_s)
-            due /= (1.0 + f.business_weight) ** sc.weight_exponent
-        risk = sc.risk_s * p_miss
-        boost = sc.horizon_s - due + risk
-        # Seconds until the task is due, on the log scale people read deadlines on; age
-        # brings it closer at the pace of the clock, the same as order_key.
-        left = max(sc.horizon_s - boost - f.age_s + sc.risk_s, 0.0)
-        priority = min(max(1.0 - math.log1p(left) / math.log1p(sc.horizon_s + sc.risk_s), 0.0), 1.0)
-        if f.deadline_in_s is None:
-            why = "no deadline"
-        elif due < latest_start - 0.5:
-            why = f"latest start in {latest_start:.0f}s, counted as {due:.0f}s for its weight"
-        else:
-            why = f"latest start in {latest_start:.0f}s"
+        weight = min(sc.weight_s * math.log1p(f.business_weight), sc.weight_cap_s)
+        boost = sc.horizon_s - due + weight + sc.risk_s * p_miss
+        # The share of the largest head start the task has, counting its wait: age raises
+        # it at the pace of the clock, so it orders tasks as order_key does.
+        top = sc.max_boost_s
+        priority = min((boost + f.age_s) / top, 1.0) if top > 0 else 1.0
+        why = "no deadline" if latest_start is None else f"latest start in {latest_start:.0f}s"
         return PriorityDecision(
             timeliness=p_miss,
             load=load,
@@ -220,8 +262,9 @@ class PriorityModule(Module[PriorityFeatures, PriorityDecision, PriorityOutcome]
             broker_priority=min(9, int(priority * 10)),
             expected_wait_s=expected_wait(f),
             p_miss=p_miss,
-            explanation=f"{how}; {why}, p_miss={p_miss:.2f}, weight={f.business_weight:g}, "
-            f"waited {f.age_s:.0f}s",
+            latest_start_s=latest_start,
+            explanation=f"{how}; {why}, p_miss={p_miss:.2f}, weight={f.business_weight:g} "
+            f"(+{weight:.0f}s), waited {f.age_s:.0f}s",
         )
 
 

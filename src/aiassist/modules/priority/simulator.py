@@ -30,11 +30,11 @@ Classes, defined by the truth, not by any policy's label: **high** = business we
 level-6 types), **low** = business weight < `LOW_WEIGHT` (about 24%, mostly report exports
 and notifications: the class a scheduler is tempted to starve).
 
-A policy is an ordering key computed once, when a task is enqueued; a free worker takes the
-task with the smallest key (ties: first come). Keys fixed at enqueue are what a broker
-priority or a heap gives, and they lose nothing for the module: its head start (`boost_s`)
-is fixed and waiting raises its priority at the clock's pace, so ordering by `enqueued_at -
-boost_s` (`order_key`) is ordering by priority at any moment.
+A policy is a queue: a task is pushed when it arrives, and a free worker pops the next one.
+The baselines order by a key computed once, at enqueue (ties: first come), which is what a
+broker priority or a heap gives. The module's policy is the `TaskQueue` the asyncio
+dispatcher runs on, with the same scoring: priority order (`order_key`, which keeps aging
+exact with keys fixed at enqueue) plus the rescue of tasks whose latest start is near.
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ from typing import Any, Protocol
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from aiassist.modules.priority import PriorityDecision, PriorityFeatures, order_key
+from aiassist.modules.priority import PriorityDecision, PriorityFeatures, Scoring, TaskQueue
 from aiassist.modules.priority import module as priority_module
 
 __all__ = [
@@ -59,10 +59,12 @@ __all__ = [
     "LOW_WEIGHT",
     "TASK_TYPES",
     "GeneratorSpec",
+    "KeyPolicy",
     "LeastSlack",
     "ModulePolicy",
     "Policy",
     "RunResult",
+    "SimQueue",
     "SimTask",
     "StaticLevels",
     "TaskType",
@@ -296,23 +298,60 @@ def traffic_from_tasks(tasks: Sequence[SimTask], workers: int) -> tuple[Traffic,
 Key = tuple[float, float]
 
 
+class SimQueue(Protocol):
+    """Queued task indices, in a policy's order."""
+
+    def __len__(self) -> int: ...
+
+    def push(self, i: int, now: float, f: PriorityFeatures | None) -> None: ...
+
+    def pop(self, now: float) -> int: ...
+
+
 class Policy(Protocol):
-    """An ordering key per task, computed when it is enqueued: the smallest runs first."""
+    """A way of ordering tasks: a fresh queue per run."""
 
     name: str
     uses_features: bool
 
-    def key(self, traffic: Traffic, i: int, now: float, f: PriorityFeatures | None) -> Key: ...
+    def queue(self, traffic: Traffic) -> SimQueue: ...
 
 
-class FIFO:
+class _KeyQueue:
+    def __init__(self, policy: KeyPolicy, traffic: Traffic) -> None:
+        self._policy, self._traffic = policy, traffic
+        self._heap: list[tuple[Key, int]] = []
+
+    def __len__(self) -> int:
+        return len(self._heap)
+
+    def push(self, i: int, now: float, f: PriorityFeatures | None) -> None:
+        heapq.heappush(self._heap, (self._policy.key(self._traffic, i, now, f), i))
+
+    def pop(self, now: float) -> int:
+        return heapq.heappop(self._heap)[1]
+
+
+class KeyPolicy:
+    """A key per task, computed when it is enqueued: the smallest runs first."""
+
+    name, uses_features = "key", False
+
+    def key(self, traffic: Traffic, i: int, now: float, f: PriorityFeatures | None) -> Key:
+        raise NotImplementedError
+
+    def queue(self, traffic: Traffic) -> SimQueue:
+        return _KeyQueue(self, traffic)
+
+
+class FIFO(KeyPolicy):
     name, uses_features = "fifo", False
 
     def key(self, traffic: Traffic, i: int, now: float, f: PriorityFeatures | None) -> Key:
         return (now, 0.0)
 
 
-class StaticLevels:
+class StaticLevels(KeyPolicy):
     """The legacy scheme: a fixed level per task type (9 first), first come within a level."""
 
     name, uses_features = "static", False
@@ -321,7 +360,7 @@ class StaticLevels:
         return (-float(traffic.level[i]), now)
 
 
-class EDF:
+class EDF(KeyPolicy):
     """Earliest deadline first; tasks without a deadline after all others."""
 
     name, uses_features = "edf", False
@@ -331,7 +370,7 @@ class EDF:
         return (math.inf if math.isnan(d) else d, now)
 
 
-class LeastSlack:
+class LeastSlack(KeyPolicy):
     """Least slack first: deadline minus estimated duration (the latest start time)."""
 
     name, uses_features = "least_slack", False
@@ -341,8 +380,32 @@ class LeastSlack:
         return (math.inf if math.isnan(d) else d - float(traffic.est[i]), now)
 
 
+class _ModuleQueue:
+    def __init__(self, policy: ModulePolicy) -> None:
+        self._policy = policy
+        self._queue: TaskQueue[int] = TaskQueue(
+            rescue_s=policy.scoring.rescue_s, bound_s=policy.scoring.max_boost_s
+        )
+
+    def __len__(self) -> int:
+        return len(self._queue)
+
+    def push(self, i: int, now: float, f: PriorityFeatures | None) -> None:
+        assert f is not None
+        decision: PriorityDecision = self._policy._decide(f)
+        self._policy.decisions[i] = decision
+        self._queue.push(i, now, decision.boost_s, decision.latest_start_s)
+
+    def pop(self, now: float) -> int:
+        i = self._queue.pop(now)
+        self._policy.rescued = self._queue.rescued
+        return i
+
+
 class ModulePolicy:
-    """The `priority` module: `decide` is the rule fallback by default, or an engine's."""
+    """The `priority` module as the dispatcher runs it: `decide` scores each task (the rule
+    fallback by default, or an engine's), a `TaskQueue` with `scoring`'s rescue and bound
+    (default: the module's) orders them."""
 
     uses_features = True
 
@@ -350,16 +413,17 @@ class ModulePolicy:
         self,
         decide: Callable[[PriorityFeatures], Any] | None = None,
         name: str = "module",
+        scoring: Scoring | None = None,
     ) -> None:
         self.name = name
         self._decide = decide or priority_module.fallback
+        self.scoring = scoring or priority_module.scoring
         self.decisions: dict[int, PriorityDecision] = {}
+        self.rescued = 0  # tasks the last run took out of priority order
 
-    def key(self, traffic: Traffic, i: int, now: float, f: PriorityFeatures | None) -> Key:
-        assert f is not None
-        decision: PriorityDecision = self._decide(f)
-        self.decisions[i] = decision
-        return (order_key(now, decision), 0.0)
+    def queue(self, traffic: Traffic) -> SimQueue:
+        self.decisions, self.rescued = {}, 0
+        return _ModuleQueue(self)
 
 
 def features_at(traffic: Traffic, i: int, now: float, waiting: int, busy: int) -> PriorityFeatures:
@@ -401,7 +465,7 @@ def simulate(traffic: Traffic, policy: Policy, *, record_features: bool = False)
     start, finish = np.full(n, math.nan), np.full(n, math.nan)
     worker = np.full(n, -1, dtype=np.int64)
     features: list[PriorityFeatures] = []
-    waiting: list[tuple[Key, int, int]] = []
+    waiting = policy.queue(traffic)
     running: list[tuple[float, int]] = []  # (finish time, worker)
     free = list(range(traffic.workers))
     heapq.heapify(free)
@@ -420,9 +484,9 @@ def simulate(traffic: Traffic, policy: Policy, *, record_features: bool = False)
             if record_features:
                 assert f is not None
                 features.append(f)
-            heapq.heappush(waiting, (policy.key(traffic, i, now, f), i, i))
+            waiting.push(i, now, f)
         while free and waiting:
-            i = heapq.heappop(waiting)[2]
+            i = waiting.pop(now)
             w = heapq.heappop(free)
             duration = float(traffic.true_base[i]) * traffic.anomaly(i, now)
             start[i], finish[i], worker[i] = now, now + duration, w
@@ -451,6 +515,7 @@ def summarize(traffic: Traffic, result: RunResult) -> dict[str, float]:
         "high_tasks": float(np.sum(high)),
         "high_mean_wait_s": _mean(wait[high]),
         "high_p95_wait_s": _p95(wait[high]),
+        "level9_mean_wait_s": _mean(wait[traffic.level == 9]),
         "mean_wait_s": _mean(wait),
         "p95_wait_s": _p95(wait),
         "deadline_miss_pct": 100.0 * float(np.sum(missed)) / max(int(np.sum(has_deadline)), 1),

@@ -15,8 +15,8 @@ import numpy as np
 from aiassist.modules import Decision, Features
 from aiassist.modules.priority import module
 from aiassist.modules.priority.simulator import GeneratorSpec, generate, training_examples
-from aiassist.training.base import Dataset, ExportedModel
-from aiassist.training.export import check_parity, lightgbm_to_onnx
+from aiassist.training.base import Dataset, ExportedModel, brier_quality
+from aiassist.training.export import fit_lightgbm_classifier
 
 __all__ = ["PriorityTrainer", "trainer"]
 
@@ -28,34 +28,13 @@ class PriorityTrainer:
         return 1.0 if outcome.get("deadline_met") is False else 0.0
 
     def fit(self, data: Dataset, seed: int) -> ExportedModel:
-        from lightgbm import LGBMClassifier
-
-        model = LGBMClassifier(
-            n_estimators=120,
-            num_leaves=15,
-            learning_rate=0.08,
-            min_child_samples=40,
-            subsample=0.8,
-            subsample_freq=1,
-            colsample_bytree=0.9,
-            random_state=seed,
-            deterministic=True,
-            force_row_wise=True,
-            n_jobs=1,
-            verbose=-1,
-        )
-        model.fit(data.X, data.y.astype(int))
-        exported = lightgbm_to_onnx(model, data.X.shape[1])
-        sample = data.X[:512]
-        check_parity(exported, sample, np.asarray(model.predict_proba(sample)))
-        return exported
+        return fit_lightgbm_classifier(data, seed)
 
     def score(self, decision: Decision) -> float:
         return float(decision.p_miss)  # type: ignore[attr-defined]
 
     def quality(self, y: np.ndarray, scores: np.ndarray) -> float:
-        """1 - Brier score: rewards calibrated probabilities, not only the right side."""
-        return float(1.0 - np.mean((np.asarray(scores) - y) ** 2))
+        return brier_quality(y, scores)  # calibrated probabilities, not only the right side
 
     def synthetic(self, n: int, seed: int) -> Dataset:
         rng = np.random.default_rng(seed)
