@@ -13,7 +13,7 @@ import numpy as np
 from aiassist.modules import AnyModule, Decision, Features
 from aiassist.registry.store import Manifest, ModelRegistry, TrainingInfo
 
-__all__ = ["Dataset", "ExportedModel", "Trainer", "get_trainer"]
+__all__ = ["Dataset", "ExportedModel", "Trainer", "brier_quality", "get_trainer"]
 
 
 @dataclass
@@ -101,6 +101,11 @@ class Trainer(Protocol):
     def synthetic(self, n: int, seed: int) -> Dataset:
         """Generated examples so a new install starts with a model (the module's simulator)."""
         ...
+
+
+def brier_quality(y: np.ndarray, scores: np.ndarray) -> float:
+    """1 - Brier score: rewards calibrated probabilities, not only the right side."""
+    return float(1.0 - np.mean((np.asarray(scores) - y) ** 2))
 
 
 def get_trainer(module: AnyModule) -> Trainer | None:

@@ -12,7 +12,7 @@ import numpy as np
 
 from aiassist.modules import Decision
 from aiassist.modules.reference import ReferenceFeatures, module
-from aiassist.training.base import Dataset, ExportedModel
+from aiassist.training.base import Dataset, ExportedModel, brier_quality
 from aiassist.training.export import check_parity, sklearn_to_onnx
 
 
@@ -34,8 +34,7 @@ class ReferenceTrainer:
         return float(decision.score)  # type: ignore[attr-defined]
 
     def quality(self, y: np.ndarray, scores: np.ndarray) -> float:
-        """1 - Brier score: rewards calibrated probabilities, not only the right side."""
-        return float(1.0 - np.mean((np.asarray(scores) - y) ** 2))
+        return brier_quality(y, scores)  # calibrated probabilities, not only the right side
 
     def synthetic(self, n: int, seed: int) -> Dataset:
         rng = np.random.default_rng(seed)
