@@ -24,9 +24,9 @@ from aiassist.agent.triggers import (
     Overlap,
     Schedule,
     Webhook,
-    sign,
     webhook_router,
 )
+from aiassist.signing import sign
 from aiassist.store.audit import AuditLog
 from aiassist.store.db import make_engine, make_sessionmaker
 from aiassist.store.models import AuditEvent

@@ -8,7 +8,7 @@ nothing of flows; flows know nothing of triggers.
 from aiassist.agent.triggers.base import Event, Starter
 from aiassist.agent.triggers.cron import CronScheduler, Overlap, Schedule
 from aiassist.agent.triggers.email import EmailTrigger, InboundEmail
-from aiassist.agent.triggers.webhook import Webhook, sign, webhook_router
+from aiassist.agent.triggers.webhook import Webhook, webhook_router
 
 __all__ = [
     "CronScheduler",
@@ -19,6 +19,5 @@ __all__ = [
     "Schedule",
     "Starter",
     "Webhook",
-    "sign",
     "webhook_router",
 ]

@@ -1,15 +1,14 @@
 """Webhooks that start flows, authenticated by an HMAC signature over timestamp and body.
 
-The sender signs `f"{timestamp}.".encode() + body` with the hook's secret (HMAC-SHA256) and
-sends `X-Aiassist-Timestamp` and `X-Aiassist-Signature: sha256=<hex>`. A missing or wrong
-signature, or a timestamp outside the tolerance (a replayed request), gets 401 and an audit
-event. The answer comes once the run has been started and recorded, so a sender that saw an
-error may resend: the event id is derived from the signature, so a resend starts one run.
+The sender signs the body as `aiassist.signing` describes (the scheme of aiassist's own
+alerts). A missing or wrong signature, or a timestamp outside the tolerance (a replayed
+request), gets 401 and an audit event. The answer comes once the run has been started and
+recorded, so a sender that saw an error may resend: the event id is derived from the
+signature, so a resend starts one run.
 """
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import json
 import logging
@@ -23,14 +22,12 @@ from fastapi import APIRouter, HTTPException, Path, Request, status
 from pydantic import SecretStr
 
 from aiassist.agent.triggers.base import Event, Starter
+from aiassist.signing import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
 from aiassist.store.audit import AuditLog
 
-__all__ = ["Webhook", "sign", "webhook_router"]
+__all__ = ["Webhook", "webhook_router"]
 
 log = logging.getLogger("aiassist.triggers")
-
-TIMESTAMP_HEADER = "x-aiassist-timestamp"
-SIGNATURE_HEADER = "x-aiassist-signature"
 
 
 @dataclass(frozen=True)
@@ -43,12 +40,6 @@ class Webhook:
     def __post_init__(self) -> None:
         if len(self.secret.get_secret_value()) < 16:
             raise ValueError(f"webhook {self.name!r}: the secret needs at least 16 characters")
-
-
-def sign(secret: str, timestamp: int, body: bytes) -> str:
-    """The signature header value a sender computes for `body` sent at `timestamp`."""
-    mac = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256)
-    return f"sha256={mac.hexdigest()}"
 
 
 def webhook_router(
