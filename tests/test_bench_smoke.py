@@ -86,3 +86,24 @@ def test_quick_run_writes_complete_results(script: str, check: Any, tmp_path: Pa
         assert goal["goal"] and goal["target"] and goal["measured"]
         assert isinstance(goal["met"], bool)
     check(result)
+
+
+def test_agent_overhead_quick_run(tmp_path: Path) -> None:
+    out = tmp_path / "agent_overhead.json"
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "agent_overhead.py"), "--quick", "--out", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    result = json.loads(out.read_text())
+    assert result["quick"] is True and result["goals"]
+    for database in ("sqlite", "postgres"):
+        for kind in ("noop_read", "noop_write"):
+            _latency(result[database][kind]["per_call"], "ms")
+            _latency(result[database][kind]["per_model_turn"], "ms")
+        assert result[database]["p99_ratio_to_audit_append"]["noop_write"] > 0
+        assert result[database]["audit_events"] > 0

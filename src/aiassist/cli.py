@@ -34,6 +34,8 @@ models_app = typer.Typer(help="Model versions and tags on the model volume.", no
 app.add_typer(keys_app, name="keys")
 app.add_typer(db_app, name="db")
 app.add_typer(models_app, name="models")
+app.add_typer(importlib.import_module("aiassist.drift.cli").app, name="drift")
+importlib.import_module("aiassist.agent.cli").register(app)
 
 console = Console()
 err = Console(stderr=True)

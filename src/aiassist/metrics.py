@@ -80,11 +80,73 @@ class Metrics:
             ["dispatcher", "status"],
             registry=registry,
         )
+        self.retry_verdicts = Counter(
+            "aiassist_retry_verdicts",
+            "Failed calls by downstream and what the retry policy did: retry, declined "
+            "(P(recovery) too low), budget (retry budget spent), attempts, deadline, permanent.",
+            ["downstream", "verdict"],
+            registry=registry,
+        )
         self.request_latency = Histogram(
             "aiassist_http_request_duration_seconds",
             "Inference service request latency, by route and status.",
             ["method", "route", "status"],
             buckets=_LATENCY_BUCKETS,
+            registry=registry,
+        )
+        # --- API drift guard -------------------------------------------------------------
+        self.drift_observations = Counter(
+            "aiassist_drift_observations",
+            "Requests the drift guard profiled (after sampling), by requested API version.",
+            ["version"],
+            registry=registry,
+        )
+        self.drift_dropped = Counter(
+            "aiassist_drift_dropped",
+            "Sampled requests not profiled because the guard's queue was full.",
+            registry=registry,
+        )
+        self.drift_incidents = Counter(
+            "aiassist_drift_incidents",
+            "Drifts detected, by API version, severity and action (rolled_back or alerted).",
+            ["version", "severity", "action"],
+            registry=registry,
+        )
+        self.drift_rerouted = Counter(
+            "aiassist_drift_rerouted",
+            "Requests served by another API version than they asked for, by version and target.",
+            ["version", "target"],
+            registry=registry,
+        )
+        self.drift_routes = Gauge(
+            "aiassist_drift_routes",
+            "API versions currently switched to another version.",
+            registry=registry,
+        )
+        self.drift_alerts = Counter(
+            "aiassist_drift_alerts",
+            "Drift webhook alerts, by outcome (sent, failed, dropped).",
+            ["outcome"],
+            registry=registry,
+        )
+
+        # --- agent runtime ---------------------------------------------------------------
+        self.agent_tool_calls = Counter(
+            "aiassist_agent_tool_calls",
+            "Agent tool calls settled, by tool and status (succeeded, failed, denied, rejected).",
+            ["tool", "status"],
+            registry=registry,
+        )
+        self.agent_runs = Counter(
+            "aiassist_agent_runs",
+            "Agent runs that ended or paused, by status (succeeded, failed, waiting_approval).",
+            ["status"],
+            registry=registry,
+        )
+        self.agent_tokens = Counter(
+            "aiassist_agent_tokens",
+            "Language-model tokens used by agent runs, by provider and kind (input, output).",
+            ["provider", "kind"],
             registry=registry,
         )
 

@@ -22,7 +22,7 @@ from pydantic_settings import (
 __all__ = ["Settings", "SettingsError", "load_settings"]
 
 ENV_PREFIX = "AIASSIST_"
-_SECRET_FIELDS = frozenset({"api_key"})
+_SECRET_FIELDS = frozenset({"api_key", "drift_webhook_secret", "agent_api_key"})
 
 
 class SettingsError(ValueError):
@@ -129,6 +129,118 @@ class Settings(BaseSettings):
         9101, ge=0, le=65535, description="Port of the daemon's /metrics (0: none)."
     )
 
+    # --- the priority module and its dispatchers ----------------------------------------
+    priority_horizon_s: float = Field(
+        5400.0,
+        ge=0,
+        le=30 * 86_400,
+        description="priority: deadlines further than this count as this far (seconds); "
+        "the sooner a task's latest start, the larger its head start, up to this.",
+    )
+    priority_weight_s: float = Field(
+        1500.0,
+        ge=0,
+        le=30 * 86_400,
+        description="priority: head start in seconds per unit of ln(1 + business_weight).",
+    )
+    priority_weight_cap_s: float = Field(
+        5400.0,
+        ge=0,
+        le=30 * 86_400,
+        description="priority: the largest head start business weight can give (seconds).",
+    )
+    priority_risk_s: float = Field(
+        60.0,
+        ge=0,
+        le=86_400,
+        description="priority: head start for a certain deadline miss, scaled by P(miss).",
+    )
+    priority_rescue_s: float = Field(
+        120.0,
+        ge=0,
+        le=86_400,
+        description="priority: a queued task whose latest start is this close (seconds) "
+        "runs before the priority order, so a deadline that can be met is not lost.",
+    )
+
+    # --- the agent runtime -------------------------------------------------------------
+    redis_url: str | None = Field(
+        None,
+        description="Redis for state shared by processes (agent rate limits), e.g. "
+        "redis://127.0.0.1:6379/0. Unset: kept in memory, per process.",
+    )
+    agent_tools: str | None = Field(
+        None,
+        description="Import path 'package.module:name' of the ToolSet the agent API offers "
+        "(a ToolSet, or a function returning one). Unset: no tools.",
+    )
+    agent_policy: Path | None = Field(
+        None,
+        description="YAML policy for agent runs (docs/agent.md). Unset: reads and writes in "
+        "a run's allowlist run, irreversible calls wait for approval.",
+    )
+    agent_provider: str | None = Field(
+        None,
+        description="Language model for natural-language agent runs: openai (any "
+        "OpenAI-compatible endpoint), anthropic, none, or the import path "
+        "'package.module:name' of a function (settings) -> Provider. Unset or none: only "
+        "scripted runs of the test model.",
+    )
+    agent_max_steps: int = Field(
+        20, ge=1, le=1000, description="Most model turns an agent run may take."
+    )
+    agent_tool_timeout_seconds: float = Field(
+        30.0, gt=0, le=3600, description="A tool call running longer fails (retryable)."
+    )
+    agent_rate_limit_wait_seconds: float = Field(
+        5.0,
+        ge=0,
+        le=600,
+        description="Longest wait for a rate-limited downstream; past it the model is told "
+        "to retry later.",
+    )
+
+    # --- the agent's language model (used when agent_provider is openai or anthropic) ---
+    agent_model: str | None = Field(
+        None,
+        max_length=200,
+        description="Model name sent to the provider, e.g. gpt-4o-mini, claude-sonnet-4-5, "
+        "qwen2.5:7b (Ollama).",
+    )
+    agent_base_url: str | None = Field(
+        None,
+        max_length=2000,
+        description="Endpoint of the provider. Unset: the vendor's own. Any OpenAI-compatible "
+        "server works with agent_provider=openai, e.g. vLLM or llama.cpp "
+        "(http://127.0.0.1:8080/v1), Ollama (http://127.0.0.1:11434/v1), DeepSeek, Qwen.",
+    )
+    agent_api_key: SecretStr | None = Field(
+        None,
+        description="API key of the provider. Unset: OPENAI_API_KEY or ANTHROPIC_API_KEY; "
+        "a self-hosted agent_base_url may need none.",
+    )
+    agent_api_key_file: Path | None = Field(
+        None, description="File holding agent_api_key, for secrets mounted as files."
+    )
+    agent_timeout_seconds: float = Field(
+        60.0, gt=0, le=3600, description="Longest wait for one model answer."
+    )
+    agent_max_retries: int = Field(
+        2,
+        ge=0,
+        le=10,
+        description="Retries of a model request that failed with 429, 5xx or a timeout.",
+    )
+    agent_max_tokens: int = Field(
+        4096, ge=1, le=1_000_000, description="Most tokens the model may write in one turn."
+    )
+    agent_input_price_per_mtok: float = Field(
+        0.0, ge=0, le=10_000, description="Price of a million input tokens, for cost reports."
+    )
+    agent_output_price_per_mtok: float = Field(
+        0.0, ge=0, le=10_000, description="Price of a million output tokens, for cost reports."
+    )
+
     # --- the SDK -----------------------------------------------------------------------
     mode: Literal["local", "remote"] = Field(
         "local",
@@ -153,6 +265,17 @@ class Settings(BaseSettings):
         5.0, gt=0, le=3600, description="How long the breaker stays open before a trial call."
     )
 
+    # --- API drift guard ---------------------------------------------------------------
+    drift_webhook_url: str | None = Field(
+        None,
+        max_length=2000,
+        description="URL the API drift guard POSTs its alerts to (none: logs and metrics only).",
+    )
+    drift_webhook_secret: SecretStr | None = Field(
+        None,
+        description="HMAC-SHA256 key that signs drift alerts (X-AIAssist-Signature header).",
+    )
+
     @model_validator(mode="after")
     def _read_key_file(self) -> Settings:
         if self.api_key is not None and not self.api_key.get_secret_value().strip():
@@ -165,6 +288,21 @@ class Settings(BaseSettings):
                     f"{ENV_PREFIX}API_KEY_FILE: cannot read {self.api_key_file}: {exc}"
                 ) from exc
             object.__setattr__(self, "api_key", SecretStr(key))
+        return self
+
+    @model_validator(mode="after")
+    def _read_agent_key_file(self) -> Settings:
+        key = self.agent_api_key
+        if key is not None and not key.get_secret_value().strip():
+            object.__setattr__(self, "agent_api_key", None)  # an empty variable means unset
+        if self.agent_api_key is None and self.agent_api_key_file is not None:
+            try:
+                value = self.agent_api_key_file.read_text().strip()
+            except OSError as exc:
+                raise ValueError(
+                    f"{ENV_PREFIX}AGENT_API_KEY_FILE: cannot read {self.agent_api_key_file}: {exc}"
+                ) from exc
+            object.__setattr__(self, "agent_api_key", SecretStr(value))
         return self
 
     @property

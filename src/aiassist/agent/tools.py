@@ -58,6 +58,8 @@ class ToolContext:
 
     `idempotency_key` is derived from run, step and arguments: a downstream that honours it
     (an `Idempotency-Key` header, a unique column) never repeats a side effect on resume.
+    `resumed` is true when a crashed run repeats a call whose outcome was never recorded: the
+    side effect may already have happened, so a tool may look the result up by the key.
     """
 
     run_id: str
@@ -65,6 +67,7 @@ class ToolContext:
     idempotency_key: str
     principal: str
     dry_run: bool = False
+    resumed: bool = False
 
 
 class ToolError(Exception):

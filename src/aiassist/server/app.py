@@ -22,12 +22,14 @@ from sqlalchemy import text
 from starlette.responses import Response
 
 from aiassist.__about__ import __version__
+from aiassist.agent.tools import ToolSet
 from aiassist.engine import Engine
 from aiassist.metrics import Metrics
 from aiassist.registry.runtime import ModelWatcher
 from aiassist.registry.store import ModelRegistry
 from aiassist.server.auth import require
 from aiassist.server.middleware import BodyLimitMiddleware, MetricsMiddleware
+from aiassist.server.routers.agent import agent_router
 from aiassist.server.routers.decisions import (
     AUTH_RESPONSES,
     ModuleInfo,
@@ -35,6 +37,7 @@ from aiassist.server.routers.decisions import (
     module_router,
     unknown_module_router,
 )
+from aiassist.server.routers.drift import drift_router
 from aiassist.server.routers.models import models_router
 from aiassist.server.routers.priority import priority_router
 from aiassist.settings import Settings, load_settings
@@ -70,7 +73,7 @@ class ServiceState:
     watcher: ModelWatcher
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, *, agent_tools: ToolSet | None = None) -> FastAPI:
     settings = settings or load_settings()
     metrics = Metrics(CollectorRegistry())
     engine = Engine(metrics=metrics)
@@ -174,6 +177,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(module_router(module))
     app.include_router(models_router())
     app.include_router(priority_router())
+    app.include_router(drift_router())
+    app.include_router(agent_router(agent_tools))
     app.include_router(unknown_module_router())
     return app
 

@@ -27,6 +27,8 @@ __all__ = ["SCOPES", "KeyStore", "NewKey", "Principal"]
 SCOPES: dict[str, str] = {
     "decide": "ask modules for decisions",
     "outcome": "record outcomes of decisions",
+    "agent:run": "start agent runs and read them",
+    "agent:approve": "approve, edit or reject paused agent tool calls",
     "admin": "everything, including managing models and keys",
 }
 _PREFIX = "aia"

@@ -1,0 +1,243 @@
+"""`aiassist agent run|show|approvals|approve|reject|resume`, `aiassist audit verify` and
+`aiassist eval`: the agent from a terminal, acting directly on the configured database.
+
+The CLI acts as the service identity `cli` (every scope): whoever can run it can read the
+database anyway. Its tools, policy and provider come from the same settings as the service.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from aiassist.settings import Settings, SettingsError, load_settings
+
+__all__ = ["register"]
+
+agent_app = typer.Typer(help="Agent runs and approvals.", no_args_is_help=True)
+audit_app = typer.Typer(help="The hash-chained audit trail.", no_args_is_help=True)
+out = Console(soft_wrap=True)
+err = Console(stderr=True)
+
+
+def register(app: typer.Typer) -> None:
+    """Add the agent's commands to the `aiassist` command."""
+    app.add_typer(agent_app, name="agent")
+    app.add_typer(audit_app, name="audit")
+    app.command("eval")(evaluate)
+
+
+def _settings() -> Settings:
+    try:
+        return load_settings()
+    except SettingsError as exc:
+        err.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
+
+
+def _runtime() -> Any:
+    from aiassist.agent.service import build_runtime
+    from aiassist.store.db import make_engine, make_sessionmaker
+
+    settings = _settings()
+    try:
+        return build_runtime(
+            settings, make_sessionmaker(make_engine(settings.resolved_database_url))
+        )
+    except ValueError as exc:
+        err.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
+
+
+def _principal() -> Any:
+    from aiassist.agent.policy import service_identity
+    from aiassist.store.keys import SCOPES
+
+    return service_identity("cli", SCOPES)
+
+
+def _print(model: Any) -> None:
+    out.print_json(model.model_dump_json())
+
+
+@agent_app.command("run")
+def run(
+    task: Annotated[str, typer.Argument(help="What to do, in words.")],
+    tool: Annotated[list[str], typer.Option("--tool", "-t", help="A tool the run may use.")],
+    script: Annotated[
+        Path | None, typer.Option(help="JSON file of test-model turns (a dry run).")
+    ] = None,
+    max_steps: Annotated[int, typer.Option(min=1, max=1000)] = 10,
+) -> None:
+    """Start a run and drive it until it finishes or waits for an approval."""
+    from aiassist.agent.runtime import NoProvider
+
+    runtime = _runtime()
+    options = None
+    if script is not None:
+        try:
+            options = {"script": json.loads(script.read_text())}
+        except (OSError, ValueError) as exc:
+            err.print(f"[red]--script: {exc}[/red]")
+            raise typer.Exit(2) from None
+    try:
+        info = asyncio.run(
+            runtime.start(
+                task,
+                principal=_principal(),
+                tools=tool,
+                provider="test" if options is not None else None,
+                provider_options=options,
+                max_steps=max_steps,
+            )
+        )
+    except (NoProvider, ValueError) as exc:
+        err.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
+    _print(info)
+    raise typer.Exit(0 if info.status in ("succeeded", "waiting_approval") else 1)
+
+
+@agent_app.command("show")
+def show(run_id: Annotated[str, typer.Argument(help="The run's id.")]) -> None:
+    """A run: status, calls with their results, usage and cost."""
+    from aiassist.agent.runs import RunNotFound
+
+    try:
+        _print(_runtime().store.info(run_id))
+    except RunNotFound:
+        err.print(f"[red]no run {run_id}[/red]")
+        raise typer.Exit(1) from None
+
+
+@agent_app.command("approvals")
+def approvals(
+    as_json: Annotated[bool, typer.Option("--json", help="JSON, one approval a line.")] = False,
+) -> None:
+    """Calls waiting for a person."""
+    pending = _runtime().store.approvals()
+    if as_json:
+        for a in pending:
+            print(a.model_dump_json())
+        return
+    table = Table("id", "run", "tool", "arguments", "reason")
+    for a in pending:
+        table.add_row(a.id, a.run_id, a.tool, json.dumps(a.arguments), a.reason)
+    out.print(table)
+
+
+def _decide(approval_id: str, approve: bool, arguments: str | None, message: str | None) -> None:
+    from aiassist.agent.approvals import ApprovalConflict
+    from aiassist.agent.runs import RunNotFound
+    from aiassist.agent.runtime import NoProvider
+
+    runtime = _runtime()
+    edited = None
+    if arguments is not None:
+        try:
+            edited = json.loads(arguments)
+        except ValueError as exc:
+            err.print(f"[red]--arguments is not JSON: {exc}[/red]")
+            raise typer.Exit(2) from None
+
+    async def decide() -> Any:
+        approval = await runtime.decide(
+            approval_id, by=_principal(), approve=approve, arguments=edited, message=message
+        )
+        return await runtime.drive(approval.run_id)
+
+    try:
+        info = asyncio.run(decide())
+    except RunNotFound:
+        err.print(f"[red]no approval {approval_id}[/red]")
+        raise typer.Exit(1) from None
+    except (ApprovalConflict, NoProvider) as exc:
+        err.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from None
+    _print(info)
+
+
+@agent_app.command("approve")
+def approve(
+    approval_id: Annotated[str, typer.Argument(help="The approval's id (= the call's).")],
+    arguments: Annotated[
+        str | None, typer.Option(help="Approve with these JSON arguments instead.")
+    ] = None,
+) -> None:
+    """Approve a paused call (optionally with edited arguments); the run goes on."""
+    _decide(approval_id, True, arguments, None)
+
+
+@agent_app.command("reject")
+def reject(
+    approval_id: Annotated[str, typer.Argument(help="The approval's id (= the call's).")],
+    message: Annotated[str, typer.Option(help="Why; the model is told.")] = "",
+) -> None:
+    """Reject a paused call; the model receives the rejection as the call's result."""
+    _decide(approval_id, False, None, message)
+
+
+@agent_app.command("resume")
+def resume() -> None:
+    """Resume the runs whose process died (their lease expired)."""
+    resumed = asyncio.run(_runtime().recover())
+    out.print(f"resumed {len(resumed)} run(s)")
+
+
+@audit_app.command("verify")
+def verify() -> None:
+    """Walk the hash chain; exit 1 naming the first edited or deleted row."""
+    from aiassist.store.audit import AuditLog
+    from aiassist.store.db import make_engine, make_sessionmaker
+
+    settings = _settings()
+    check = AuditLog(make_sessionmaker(make_engine(settings.resolved_database_url))).verify()
+    if check.ok:
+        out.print(f"ok: {check.events} events, chain intact")
+        return
+    err.print(f"[red]audit trail broken at event {check.first_bad_id}: {check.reason}[/red]")
+    raise typer.Exit(1)
+
+
+def evaluate(
+    suite: Annotated[Path, typer.Argument(help="The task suite (YAML).")],
+    k: Annotated[int | None, typer.Option(min=1, max=100, help="Trials per task.")] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the report here.")] = None,
+) -> None:
+    """Run a task suite k times: pass^k, tool-call accuracy, tokens and cost."""
+    from aiassist.agent.eval import EvalError, evaluate, load_suite
+    from aiassist.agent.runtime import NoProvider
+
+    try:
+        parsed = load_suite(suite)
+        report = asyncio.run(evaluate(parsed, _runtime(), principal=_principal(), k=k))
+    except (EvalError, NoProvider, ValueError) as exc:
+        err.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
+    table = Table("task", "passed", "pass^k", "call accuracy", "tokens", "cost")
+    for t in report.tasks:
+        table.add_row(
+            t.name,
+            f"{t.passed}/{t.trials}",
+            "yes" if t.pass_all else "no",
+            f"{t.tool_call_accuracy:.2f}",
+            str(t.input_tokens + t.output_tokens),
+            f"{t.cost:.6f}",
+        )
+    out.print(table)
+    out.print(
+        f"pass^{report.k} {report.pass_k:.2f}  pass@1 {report.pass_1:.2f}  "
+        f"tool-call accuracy {report.tool_call_accuracy:.2f}  "
+        f"tokens {report.input_tokens}+{report.output_tokens}  cost {report.cost:.6f}"
+    )
+    for t in report.tasks:
+        for failure in t.failures:
+            out.print(f"  {t.name}: {failure}")
+    if json_out is not None:
+        json_out.write_text(report.model_dump_json(indent=2))

@@ -1,0 +1,341 @@
+"""Runs as they are stored: statuses, the views the API and CLI show, and the run store.
+
+Everything a run is lives in four tables (see `aiassist.store.models`): the run, its
+conversation, its tool calls and its approvals. The runtime keeps no state of its own that
+the database does not have, so any process can pick a run up where another left it.
+
+Each change is one transaction that also appends its audit events to the hash chain, so the
+trail and the state never disagree: either both are written or neither is.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ConfigDict
+from sqlalchemy import insert, or_, select, text, update
+from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.sql.base import Executable
+
+from aiassist.agent.providers.base import Message, ToolCall
+from aiassist.store.audit import _PG_LOCK, GENESIS, event_hash
+from aiassist.store.models import (
+    AgentApproval,
+    AgentMessage,
+    AgentRun,
+    AgentToolCall,
+    AuditEvent,
+    Base,
+    utcnow,
+)
+
+__all__ = [
+    "ApprovalInfo",
+    "CallInfo",
+    "CallStatus",
+    "RunInfo",
+    "RunNotFound",
+    "RunStatus",
+    "RunStore",
+    "idempotency_key",
+]
+
+T = TypeVar("T")
+_RETRIES = 30
+
+
+class RunStatus(StrEnum):
+    RUNNING = "running"
+    WAITING_APPROVAL = "waiting_approval"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+
+class CallStatus(StrEnum):
+    DENIED = "denied"  # the policy refused it; the model was told why
+    WAITING_APPROVAL = "waiting_approval"
+    APPROVED = "approved"  # a person approved it; not called yet
+    REJECTED = "rejected"
+    STARTED = "started"  # the intent record: the call may have happened
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+
+class RunNotFound(LookupError):
+    pass
+
+
+def idempotency_key(run_id: str, step: int, tool: str, arguments: dict[str, Any]) -> str:
+    """The same call in the same step of the same run always gets the same key."""
+    canonical = json.dumps(
+        [run_id, step, tool, arguments], sort_keys=True, separators=(",", ":"), default=str
+    )
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+# --- views ---------------------------------------------------------------------------------
+class CallInfo(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: str
+    call_id: str
+    step: int
+    tool: str
+    arguments: dict[str, Any]
+    risk: str | None
+    status: str
+    policy: dict[str, Any]
+    result: Any
+    idempotency_key: str
+    duration_ms: float | None
+
+
+class RunInfo(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: str
+    status: str
+    task: str
+    principal: str
+    tools: list[str]
+    provider: str
+    steps: int
+    max_steps: int
+    input_tokens: int
+    output_tokens: int
+    cost: float
+    output: str | None
+    error: str | None
+    created_at: datetime
+    updated_at: datetime
+    calls: list[CallInfo] = []
+    pending_approvals: list[str] = []
+
+
+class ApprovalInfo(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: str
+    run_id: str
+    tool: str
+    arguments: dict[str, Any]
+    reason: str
+    status: str
+    requested_by: str
+    decided_by: str | None
+    decided_at: datetime | None
+    message: str | None
+    edited_arguments: dict[str, Any] | None
+    created_at: datetime
+
+
+# --- the state a process drives ------------------------------------------------------------
+@dataclass
+class RunState:
+    """A run rebuilt from the database: the row, the conversation, the calls by call id."""
+
+    run: AgentRun
+    messages: list[Message]
+    calls: dict[str, AgentToolCall]
+    answered: set[str] = field(default_factory=set)  # call ids with a tool message
+    shown: list[Message] = field(default_factory=list)  # the prompt so far, redacted
+    leased_at: float = field(default_factory=time.monotonic)  # when the lease was renewed
+
+    def pending(self) -> list[tuple[int, ToolCall]]:
+        """The last model turn's calls that have no result in the conversation yet."""
+        for message in reversed(self.messages):
+            if message.role == "assistant":
+                return [
+                    (self.run.steps, c) for c in message.tool_calls if c.id not in self.answered
+                ]
+        return []
+
+
+def to_message(row: AgentMessage) -> Message:
+    calls = tuple(
+        ToolCall(id=c["id"], name=c["name"], arguments=c["arguments"]) for c in row.tool_calls or []
+    )
+    return Message(role=row.role, content=row.content, tool_calls=calls, call_id=row.call_id)  # type: ignore[arg-type]
+
+
+# --- the store -----------------------------------------------------------------------------
+class Unit:
+    """One transaction of the runtime: state changes plus the audit events describing them."""
+
+    def __init__(self, session: Session, actor: str) -> None:
+        self.session = session
+        self.actor = actor
+        self._events: list[tuple[str, str, dict[str, Any]]] = []
+
+    def insert(self, row: Base) -> None:
+        """Insert `row` now, as a Core statement: the hot path skips the ORM's bookkeeping."""
+        table = row.__table__
+        values = {c.key: getattr(row, c.key) for c in table.columns}
+        self.session.connection().execute(
+            insert(type(row)), {k: v for k, v in values.items() if v is not None}
+        )
+
+    def execute(self, statement: Executable) -> None:
+        self.session.connection().execute(statement)
+
+    def audit(self, kind: str, subject: str, data: dict[str, Any]) -> None:
+        self._events.append((kind, subject, json.loads(json.dumps(data, default=str))))
+
+    def _flush_audit(self) -> None:
+        if not self._events:
+            return
+        connection = self.session.connection()  # Core statements: no ORM bookkeeping
+        if connection.dialect.name == "postgresql":  # writers queue, not race
+            connection.execute(_PG_AUDIT_LOCK, {"k": _PG_LOCK})
+        prev = connection.scalar(_AUDIT_HEAD) or GENESIS
+        rows = []
+        actor = self.actor[:100]
+        for kind, long_subject, data in self._events:
+            at, subject = utcnow(), long_subject[:200]  # as the columns hold them
+            digest = event_hash(prev, at, actor, kind, subject, data)
+            rows.append(
+                {
+                    "at": at,
+                    "actor": actor,
+                    "kind": kind,
+                    "subject": subject,
+                    "data": data,
+                    "prev_hash": prev,
+                    "hash": digest,
+                }
+            )
+            prev = digest
+        connection.execute(insert(AuditEvent), rows)  # in order: ids follow the chain
+
+
+_AUDIT_HEAD = select(AuditEvent.hash).order_by(AuditEvent.id.desc()).limit(1)
+_PG_AUDIT_LOCK = text("SELECT pg_advisory_xact_lock(:k)")
+
+
+class RunStore:
+    """Transactions over the agent tables. Synchronous: the runtime calls it from a thread."""
+
+    def __init__(self, sessions: sessionmaker[Session]) -> None:
+        self.sessions = sessions
+
+    def unit(self, work: Callable[[Unit], T], *, actor: str) -> T:
+        """Run `work` in one transaction with its audit events; retried when another writer
+        appended to the audit chain first (the chain's unique `prev_hash` refuses a fork)."""
+        for attempt in range(_RETRIES):
+            with self.sessions() as session:
+                try:
+                    unit = Unit(session, actor)
+                    result = work(unit)
+                    unit._flush_audit()
+                    session.commit()
+                except (IntegrityError, OperationalError):
+                    session.rollback()
+                    if attempt == _RETRIES - 1:
+                        raise
+                    time.sleep(random.uniform(0, 0.005 * (attempt + 1)))
+                    continue
+                return result
+        raise AssertionError("unreachable")
+
+    # --- reads -----------------------------------------------------------------------------
+    def load(self, run_id: str) -> RunState:
+        with self.sessions() as session:
+            run = session.get(AgentRun, run_id)
+            if run is None:
+                raise RunNotFound(run_id)
+            rows = session.scalars(
+                select(AgentMessage).where(AgentMessage.run_id == run_id).order_by(AgentMessage.seq)
+            ).all()
+            calls = session.scalars(
+                select(AgentToolCall).where(AgentToolCall.run_id == run_id)
+            ).all()
+        messages = [to_message(r) for r in rows]
+        answered = {m.call_id for m in messages if m.role == "tool" and m.call_id}
+        return RunState(run, messages, {c.call_id: c for c in calls}, answered)
+
+    def info(self, run_id: str) -> RunInfo:
+        with self.sessions() as session:
+            run = session.get(AgentRun, run_id)
+            if run is None:
+                raise RunNotFound(run_id)
+            calls = session.scalars(
+                select(AgentToolCall)
+                .where(AgentToolCall.run_id == run_id)
+                .order_by(AgentToolCall.step, AgentToolCall.created_at)
+            ).all()
+            pending = session.scalars(
+                select(AgentApproval.id).where(
+                    AgentApproval.run_id == run_id, AgentApproval.status == "pending"
+                )
+            ).all()
+        info = RunInfo.model_validate(run)
+        info.calls = [CallInfo.model_validate(c) for c in calls]
+        info.pending_approvals = list(pending)
+        return info
+
+    def approval(self, approval_id: str) -> ApprovalInfo | None:
+        with self.sessions() as session:
+            row = session.get(AgentApproval, approval_id)
+            return ApprovalInfo.model_validate(row) if row is not None else None
+
+    def approvals(self, *, status: str | None = "pending", limit: int = 100) -> list[ApprovalInfo]:
+        query = select(AgentApproval).order_by(AgentApproval.created_at).limit(limit)
+        if status is not None:
+            query = query.where(AgentApproval.status == status)
+        with self.sessions() as session:
+            return [ApprovalInfo.model_validate(r) for r in session.scalars(query)]
+
+    def orphaned(self, limit: int = 100) -> list[str]:
+        """Running runs nobody drives: their process died (lease expired) or never claimed."""
+        now = utcnow()
+        with self.sessions() as session:
+            return list(
+                session.scalars(
+                    select(AgentRun.id)
+                    .where(
+                        AgentRun.status == RunStatus.RUNNING,
+                        or_(AgentRun.lease_until.is_(None), AgentRun.lease_until < now),
+                    )
+                    .order_by(AgentRun.created_at)
+                    .limit(limit)
+                )
+            )
+
+    # --- leases ----------------------------------------------------------------------------
+    def claim(self, run_id: str, owner: str, seconds: float) -> bool:
+        """Become the one process driving `run_id`, if it is running and nobody else is."""
+        now = utcnow()
+        with self.sessions() as session:
+            result = session.execute(
+                update(AgentRun)
+                .where(
+                    AgentRun.id == run_id,
+                    AgentRun.status == RunStatus.RUNNING,
+                    or_(
+                        AgentRun.lease_until.is_(None),
+                        AgentRun.lease_until < now,
+                        AgentRun.lease_owner == owner,
+                    ),
+                )
+                .values(lease_owner=owner, lease_until=now + timedelta(seconds=seconds))
+            )
+            session.commit()
+            return bool(result.rowcount)  # type: ignore[attr-defined]
+
+    def release(self, run_id: str, owner: str) -> None:
+        with self.sessions() as session:
+            session.execute(
+                update(AgentRun)
+                .where(AgentRun.id == run_id, AgentRun.lease_owner == owner)
+                .values(lease_owner=None, lease_until=None)
+            )
+            session.commit()

@@ -1,0 +1,97 @@
+"""Building the agent runtime a service or the CLI uses, from `Settings`.
+
+Tools come from a `ToolSet` handed to `create_app` or from `AIASSIST_AGENT_TOOLS`
+("package.module:name", a ToolSet or a function returning one); the policy from
+`AIASSIST_AGENT_POLICY`; the language model from `AIASSIST_AGENT_PROVIDER` (see
+`aiassist.agent.providers.provider_from_settings`).
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import re
+from typing import Any
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from aiassist.agent.policy import Policy
+from aiassist.agent.providers import provider_from_settings
+from aiassist.agent.ratelimit import rate_limiter
+from aiassist.agent.redaction import Redactor
+from aiassist.agent.runtime import ProviderFactory, Runtime
+from aiassist.agent.tools import ToolSet
+from aiassist.metrics import Metrics
+from aiassist.settings import Settings
+
+__all__ = ["build_runtime", "load_object", "secret_values"]
+
+_SECRET_ENV = re.compile(r"(KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIALS?)$", re.IGNORECASE)
+
+
+def load_object(path: str, *, setting: str) -> Any:
+    """The object at 'package.module:name'; `ValueError` naming the setting otherwise."""
+    module_name, _, attribute = path.partition(":")
+    if not module_name or not attribute:
+        raise ValueError(f"{setting}: expected 'package.module:name', got {path!r}")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ValueError(f"{setting}: cannot import {module_name!r}: {exc}") from None
+    try:
+        return getattr(module, attribute)
+    except AttributeError:
+        raise ValueError(f"{setting}: {module_name!r} has no {attribute!r}") from None
+
+
+def _tools(settings: Settings) -> ToolSet:
+    if settings.agent_tools is None:
+        return ToolSet()
+    found = load_object(settings.agent_tools, setting="AIASSIST_AGENT_TOOLS")
+    tools = found() if callable(found) and not isinstance(found, ToolSet) else found
+    if not isinstance(tools, ToolSet):
+        raise ValueError(f"AIASSIST_AGENT_TOOLS: {settings.agent_tools} is not a ToolSet")
+    return tools
+
+
+def _provider(settings: Settings) -> tuple[str | None, dict[str, ProviderFactory]]:
+    """The configured model, built once now so a misconfiguration stops the start-up."""
+    provider = provider_from_settings(settings)
+    if provider is None:
+        return None, {}
+    name = (settings.agent_provider or "").strip()[:64]
+    return name, {name: lambda options: provider}
+
+
+def secret_values(settings: Settings) -> list[str]:
+    """Values to keep out of logs, audit and prompts: the service's own API key and every
+    environment variable whose name says it holds a secret (OPENAI_API_KEY, CRM_TOKEN...)."""
+    values = [v for k, v in os.environ.items() if _SECRET_ENV.search(k) and v]
+    if settings.api_key is not None:
+        values.append(settings.api_key.get_secret_value())
+    return values
+
+
+def build_runtime(
+    settings: Settings,
+    sessions: sessionmaker[Session],
+    *,
+    tools: ToolSet | None = None,
+    metrics: Metrics | None = None,
+) -> Runtime:
+    """The runtime for this process, configured by `settings` (see the module docstring)."""
+    default, providers = _provider(settings)
+    policy = Policy.load(settings.agent_policy) if settings.agent_policy else Policy()
+    return Runtime(
+        sessions,
+        tools if tools is not None else _tools(settings),
+        policy=policy,
+        providers=providers,
+        default_provider=default,
+        rate_limiter=rate_limiter(settings.redis_url),
+        redactor=Redactor(secret_values(settings)),
+        tool_timeout=settings.agent_tool_timeout_seconds,
+        rate_limit_wait=settings.agent_rate_limit_wait_seconds,
+        lease_seconds=max(300.0, settings.agent_tool_timeout_seconds * 2),
+        metrics=metrics,
+    )
