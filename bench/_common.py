@@ -246,15 +246,23 @@ def machine_info(packages: Sequence[str]) -> dict[str, Any]:
     return info
 
 
-def write_results(args: argparse.Namespace, name: str, started: datetime, **parts: Any) -> None:
+def write_results(
+    args: argparse.Namespace,
+    name: str,
+    started: datetime,
+    argv: Sequence[str] | None = None,
+    **parts: Any,
+) -> None:
     """Write the results file (how it was made first) and print the goals."""
     result = {
         "benchmark": parts.pop("benchmark"),
-        "command": shlex.join(["python", f"bench/{name}.py", *sys.argv[1:]]),
+        "command": shlex.join(
+            ["python", f"bench/{name}.py", *(sys.argv[1:] if argv is None else argv)]
+        ),
         "started_at": started.isoformat(timespec="seconds"),
         "total_seconds": round((datetime.now(UTC) - started).total_seconds(), 1),
         "quick": args.quick,
-        "seed": args.seed,
+        "seed": getattr(args, "seed", None),
         "parameters": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
     } | parts
     args.out.parent.mkdir(parents=True, exist_ok=True)

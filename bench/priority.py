@@ -17,23 +17,19 @@ truth, not any policy's label); the level-9 column is the type static levels put
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
-import sys
 import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, replace
 from datetime import UTC, datetime
 from functools import partial
-from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from prometheus_client import CollectorRegistry
 
+from _common import machine_info, write_results
 from aiassist.engine import Engine
 from aiassist.metrics import Metrics
 from aiassist.modules.priority import PriorityModule, module
@@ -82,6 +78,8 @@ COLUMNS = (
 )
 #: Which way is worse, for the worst-over-seeds figures.
 _LOWER_IS_BETTER = {key for key, _, _ in COLUMNS} - {"throughput_per_min"}
+
+PACKAGES = ["aiassist", "numpy", "pydantic", "lightgbm", "onnxmltools", "onnxruntime"]
 
 
 def train_model(rows: int, seed: int, workdir: Path) -> tuple[OnnxPredictor, dict[str, Any]]:
@@ -263,8 +261,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     seeds = list(range(args.eval_seed, args.eval_seed + n_seeds))
     rows = 4000 if args.quick else 20_000
     scenarios = {"main": SCENARIOS["main"]} if args.quick else SCENARIOS
-    started, started_at = time.perf_counter(), datetime.now(UTC).isoformat(timespec="seconds")
-    load = os.getloadavg()
+    started = datetime.now(UTC)
 
     with tempfile.TemporaryDirectory() as tmp:
         predictor, training = train_model(rows, args.train_seed, Path(tmp))
@@ -283,35 +280,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         results[name] = run_scenario(spec, seeds, predictor, ablations=name == "main")
         print(table(name, results[name]), flush=True)
     verdict = goals(results["main"])
-    print(f"\ngoals (main scenario, seeds {seeds[0]}-{seeds[-1]}):")
-    for g in verdict:
-        print(f"  {'met' if g['met'] else 'NOT MET'}: {g['goal']}: {g['measured']} "
-              f"(target {g['target']})")  # fmt: skip
-    packages = ("aiassist", "numpy", "pydantic", "lightgbm", "onnxmltools", "onnxruntime")
-    report = {
-        "benchmark": "priority",
-        "command": " ".join(["python", "bench/priority.py", *(sys.argv[1:] if argv is None
-                                                              else argv)]),
-        "started_at": started_at,
-        "total_seconds": round(time.perf_counter() - started, 1),
-        "quick": args.quick,
-        "parameters": {"tasks": tasks, "workers": args.workers, "train_rows": rows,
-                       "train_seed": args.train_seed, "seeds": seeds,
-                       "scoring": asdict(module.scoring)},
-        "machine": {
-            "cpu_count": os.cpu_count(),
-            "platform": platform.platform(),
-            "python": platform.python_version(),
-            "load_average_at_start": [round(x, 2) for x in load],
-            "packages": {name: version(name) for name in packages},
+    write_results(
+        args,
+        "priority",
+        started,
+        argv,
+        benchmark="priority",
+        parameters={
+            "tasks": tasks,
+            "workers": args.workers,
+            "train_rows": rows,
+            "train_seed": args.train_seed,
+            "seeds": seeds,
+            "scoring": asdict(module.scoring),
         },
-        "training": training,
-        "scenarios": results,
-        "goals": verdict,
-    }  # fmt: skip
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"\nwrote {args.out}")
+        machine=machine_info(PACKAGES),
+        training=training,
+        scenarios=results,
+        goals=verdict,
+    )
     return 0
 
 

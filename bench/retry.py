@@ -33,22 +33,18 @@ published to a registry and served through `load_checked` and an `Engine`.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import random
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
-from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from prometheus_client import CollectorRegistry
 
+from _common import machine_info, write_results
 from aiassist.engine import Engine
 from aiassist.metrics import Metrics
 from aiassist.modules.retry import RetryDecision, RetryFeatures, module
@@ -86,6 +82,8 @@ COLUMNS = (
     ("p50_latency_s", "p50 s", "{:.3f}"),
     ("p99_latency_s", "p99 s", "{:.2f}"),
 )
+
+PACKAGES = ["aiassist", "numpy", "lightgbm", "onnxmltools", "onnxruntime"]
 
 
 def train_engine(rows: int, seed: int, workdir: Path) -> tuple[Engine, dict[str, Any]]:
@@ -215,8 +213,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     hours = args.hours or (0.25 if args.quick else 4.0)
     rows = 6000 if args.quick else 40_000
-    started, started_at = time.perf_counter(), datetime.now(UTC).isoformat(timespec="seconds")
-    load = os.getloadavg()
+    started = datetime.now(UTC)
 
     with tempfile.TemporaryDirectory() as tmp:
         engine, training = train_engine(rows, args.train_seed, Path(tmp))
@@ -246,37 +243,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     print("\nin-process decision latency (µs): " + ", ".join(
         f"{k} p50 {v['p50_us']} p99 {v['p99_us']}" for k, v in latency.items()))  # fmt: skip
     verdict = goals(results)
-    print("\ngoals:")
-    for g in verdict:
-        print(f"  {'met' if g['met'] else 'NOT MET'}: {g['goal']}: {g['measured']} "
-              f"(target {g['target']})")  # fmt: skip
-    packages = ("aiassist", "numpy", "lightgbm", "onnxmltools", "onnxruntime")
-    report = {
-        "benchmark": "retry",
-        "command": " ".join(["python", "bench/retry.py", *(sys.argv[1:] if argv is None
-                                                           else argv)]),
-        "started_at": started_at,
-        "total_seconds": round(time.perf_counter() - started, 1),
-        "quick": args.quick,
-        "parameters": {"hours": hours, "rate_per_s": args.rate, "train_rows": rows,
-                       "train_seed": args.train_seed, "eval_seed": args.eval_seed,
-                       "world": spec.model_dump()},
-        "machine": {
-            "cpu_count": os.cpu_count(),
-            "platform": platform.platform(),
-            "python": platform.python_version(),
-            "load_average_at_start": [round(x, 2) for x in load],
-            "packages": {name: version(name) for name in packages},
+    write_results(
+        args,
+        "retry",
+        started,
+        argv,
+        benchmark="retry",
+        parameters={
+            "hours": hours,
+            "rate_per_s": args.rate,
+            "train_rows": rows,
+            "train_seed": args.train_seed,
+            "eval_seed": args.eval_seed,
+            "world": spec.model_dump(),
         },
-        "training": training,
-        "traffic": {"calls": len(world), "episodes": episodes},
-        "policies": results,
-        "decision_latency": latency,
-        "goals": verdict,
-    }  # fmt: skip
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"\nwrote {args.out}")
+        machine=machine_info(PACKAGES),
+        training=training,
+        traffic={"calls": len(world), "episodes": episodes},
+        policies=results,
+        decision_latency=latency,
+        goals=verdict,
+    )
     return 0
 
 

@@ -3,10 +3,7 @@ over real HTTP (SQLite only: the simulation touches no table)."""
 
 from __future__ import annotations
 
-import json
 import math
-import subprocess
-import sys
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -333,26 +330,3 @@ def test_simulate_needs_a_key_with_the_decide_scope(client: httpx.Client, tokens
     refused = client.post("/v1/priority/simulate", json=GENERATE, headers=tokens.header("outcome"))
     assert refused.status_code == 403
     assert "/v1/priority/simulate" in client.get("/openapi.json").json()["paths"]
-
-
-def test_the_benchmark_runs_quick(tmp_path: Path) -> None:
-    out = tmp_path / "priority.json"
-    root = Path(__file__).resolve().parents[1]
-    done = subprocess.run(
-        [sys.executable, str(root / "bench" / "priority.py"), "--quick", "--out", str(out)],
-        cwd=root,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
-    result = json.loads(out.read_text())
-    assert result["quick"] is True and result["command"].startswith("python bench/priority.py")
-    policies = result["scenarios"]["main"]["policies"]
-    assert {"fifo", "static", "edf", "least_slack", "model", "fallback"} <= set(policies)
-    model = policies["model"]["mean"]
-    assert model["model_answers"] == model["tasks"] and model["rescued"] > 0
-    assert len(policies["model"]["per_seed"]) == len(result["parameters"]["seeds"]) == 1
-    assert "model, no rescue" in policies  # the ablations run on the main scenario
-    assert [isinstance(g["met"], bool) for g in result["goals"]] == [True] * 3

@@ -7,8 +7,6 @@ from __future__ import annotations
 import asyncio
 import json
 import secrets
-import subprocess
-import sys
 import threading
 import time
 from collections import defaultdict
@@ -41,7 +39,6 @@ from aiassist.settings import Settings
 from aiassist.store.models import DecisionRecord, OutcomeRecord
 from tests.conftest import LiveServer, free_port, wait_for
 
-ROOT = Path(__file__).resolve().parents[1]
 FAST = {"backoff": Backoff(base_s=0.01, cap_s=0.05), "waits": ()}
 
 
@@ -482,21 +479,6 @@ def test_trained_model_serves(tmp_path: Path) -> None:
     assert decision.explanation.startswith("model: P(recovery")
     client_error = dict(retry_module.example, error_class="client_error", status_code=404)
     assert engine.decide("retry", client_error).retry is False  # type: ignore[attr-defined]
-
-
-def test_bench_quick_run(tmp_path: Path) -> None:
-    out = tmp_path / "retry.json"
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "retry.py"), "--quick", "--out", str(out)],
-        cwd=ROOT, capture_output=True, text=True, timeout=300, check=False,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stdout + done.stderr
-    result = json.loads(out.read_text())
-    assert result["quick"] is True and len(result["goals"]) == 3
-    expected = {"no_retry", "exponential_backoff", "backoff_budget_20", "grpc_token_throttle",
-                "rule", "learned"}  # fmt: skip
-    assert set(result["policies"]) == expected
-    assert result["policies"]["no_retry"]["amplification"] == 1.0
 
 
 def test_daemon_bootstraps_then_retrains_from_recorded_outcomes(

@@ -7,14 +7,20 @@ with `is_error` set when the result is a `ToolError`.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from typing import Any
 
 import anthropic
 from pydantic import SecretStr
 
-from aiassist.agent.providers.base import Message, ModelTurn, ProviderError, ToolCall, Usage
+from aiassist.agent.providers.base import (
+    Message,
+    ModelTurn,
+    ToolCall,
+    Usage,
+    as_text,
+    sdk_error,
+)
 
 __all__ = ["AnthropicProvider"]
 
@@ -74,7 +80,7 @@ class AnthropicProvider:
         try:
             response = await self._client.messages.create(**request)
         except anthropic.AnthropicError as exc:
-            raise _error(self.name, exc) from None
+            raise sdk_error(self.name, exc, anthropic) from None
         return from_anthropic(response)
 
     async def aclose(self) -> None:
@@ -87,7 +93,7 @@ def to_anthropic(messages: Sequence[Message]) -> tuple[str, list[dict[str, Any]]
     out: list[dict[str, Any]] = []
     for m in messages:
         if m.role == "system":
-            system.append(_text(m.content))
+            system.append(as_text(m.content))
             continue
         blocks: list[dict[str, Any]]
         if m.role == "tool":
@@ -96,13 +102,13 @@ def to_anthropic(messages: Sequence[Message]) -> tuple[str, list[dict[str, Any]]
                 {
                     "type": "tool_result",
                     "tool_use_id": m.call_id,
-                    "content": _text(m.content),
+                    "content": as_text(m.content),
                     "is_error": _is_error(m.content),
                 }
             ]
         else:
             role = m.role
-            blocks = [{"type": "text", "text": _text(m.content)}] if m.content else []
+            blocks = [{"type": "text", "text": as_text(m.content)}] if m.content else []
             blocks += [
                 {"type": "tool_use", "id": c.id, "name": c.name, "input": c.arguments}
                 for c in m.tool_calls
@@ -135,34 +141,3 @@ def from_anthropic(response: Any) -> ModelTurn:
 def _is_error(content: Any) -> bool:
     """A `ToolError.as_result()`: {"error": ..., "retryable": ...}."""
     return isinstance(content, dict) and "error" in content and "retryable" in content
-
-
-def _text(content: Any) -> str:
-    if content is None:
-        return ""
-    return content if isinstance(content, str) else json.dumps(content, default=str)
-
-
-def _error(provider: str, exc: anthropic.AnthropicError) -> ProviderError:
-    """The SDK's failure, saying whether a retry may help (timeouts, 429, 408/409, 5xx)."""
-    if isinstance(exc, anthropic.APITimeoutError):
-        return ProviderError(f"{provider}: the model did not answer in time", retryable=True)
-    if isinstance(exc, anthropic.APIConnectionError):
-        return ProviderError(
-            f"{provider}: cannot reach the model: {type(exc).__name__}", retryable=True
-        )
-    if isinstance(exc, anthropic.APIStatusError):
-        status = exc.status_code
-        return ProviderError(
-            f"{provider} answered {status}: {_vendor_message(exc)}"[:1000],
-            retryable=status >= 500 or status in (408, 409, 429),
-        )
-    return ProviderError(f"{provider}: {exc}"[:1000])
-
-
-def _vendor_message(exc: anthropic.APIStatusError) -> str:
-    """The error's own message from the body (`{"error": {"message": ...}}`), if any."""
-    body = exc.body
-    inner = body.get("error", body) if isinstance(body, dict) else None
-    message = inner.get("message") if isinstance(inner, dict) else None
-    return message if isinstance(message, str) else exc.message

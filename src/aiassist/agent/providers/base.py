@@ -7,11 +7,23 @@ vendor's SDK; nothing vendor-specific leaks into runs, policy or audit.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from types import ModuleType
 from typing import Any, Literal, Protocol, runtime_checkable
 
-__all__ = ["Message", "ModelTurn", "Provider", "ProviderError", "ToolCall", "Usage", "cost"]
+__all__ = [
+    "Message",
+    "ModelTurn",
+    "Provider",
+    "ProviderError",
+    "ToolCall",
+    "Usage",
+    "as_text",
+    "cost",
+    "sdk_error",
+]
 
 
 @dataclass(frozen=True)
@@ -85,3 +97,33 @@ def cost(provider: Provider, usage: Usage) -> float:
         usage.input_tokens * provider.input_price_per_mtok
         + usage.output_tokens * provider.output_price_per_mtok
     ) / 1_000_000
+
+
+def as_text(content: Any) -> str:
+    """A message's content as the text a vendor API takes (JSON for structured results)."""
+    if content is None:
+        return ""
+    return content if isinstance(content, str) else json.dumps(content, default=str)
+
+
+def sdk_error(provider: str, exc: Exception, sdk: ModuleType) -> ProviderError:
+    """A vendor SDK's failure as a `ProviderError` saying whether a retry may help.
+
+    The `openai` and `anthropic` SDKs share their error classes' names and shapes: timeouts,
+    unreachable endpoints, 408/409/429 and 5xx are worth a retry, the rest are not.
+    """
+    if isinstance(exc, sdk.APITimeoutError):
+        return ProviderError(f"{provider}: the model did not answer in time", retryable=True)
+    if isinstance(exc, sdk.APIConnectionError):
+        return ProviderError(
+            f"{provider}: cannot reach the model: {type(exc).__name__}", retryable=True
+        )
+    if isinstance(exc, sdk.APIStatusError):
+        status = exc.status_code
+        body = exc.body
+        inner = body.get("error", body) if isinstance(body, dict) else None
+        message = inner.get("message") if isinstance(inner, dict) else None
+        said = message if isinstance(message, str) else exc.message
+        retryable = status >= 500 or status in (408, 409, 429)
+        return ProviderError(f"{provider} answered {status}: {said}"[:1000], retryable=retryable)
+    return ProviderError(f"{provider}: {exc}"[:1000])

@@ -13,7 +13,15 @@ from typing import Any
 import openai
 from pydantic import SecretStr
 
-from aiassist.agent.providers.base import Message, ModelTurn, ProviderError, ToolCall, Usage
+from aiassist.agent.providers.base import (
+    Message,
+    ModelTurn,
+    ProviderError,
+    ToolCall,
+    Usage,
+    as_text,
+    sdk_error,
+)
 
 __all__ = ["OpenAIProvider"]
 
@@ -65,7 +73,7 @@ class OpenAIProvider:
         try:
             response = await self._client.chat.completions.create(**request)
         except openai.OpenAIError as exc:
-            raise _error(self.name, exc) from None
+            raise sdk_error(self.name, exc, openai) from None
         return from_openai(response, self.name)
 
     async def aclose(self) -> None:
@@ -77,7 +85,7 @@ def to_openai(messages: Sequence[Message]) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     for m in messages:
         if m.role == "tool":
-            out.append({"role": "tool", "tool_call_id": m.call_id, "content": _text(m.content)})
+            out.append({"role": "tool", "tool_call_id": m.call_id, "content": as_text(m.content)})
         elif m.role == "assistant":
             entry: dict[str, Any] = {"role": "assistant", "content": _optional_text(m.content)}
             if m.tool_calls:
@@ -91,7 +99,7 @@ def to_openai(messages: Sequence[Message]) -> list[dict[str, Any]]:
                 ]
             out.append(entry)
         else:
-            out.append({"role": m.role, "content": _text(m.content)})
+            out.append({"role": m.role, "content": as_text(m.content)})
     return out
 
 
@@ -125,36 +133,5 @@ def from_openai(response: Any, provider: str) -> ModelTurn:
     )
 
 
-def _text(content: Any) -> str:
-    if content is None:
-        return ""
-    return content if isinstance(content, str) else json.dumps(content, default=str)
-
-
 def _optional_text(content: Any) -> str | None:
-    return None if content is None or content == "" else _text(content)
-
-
-def _error(provider: str, exc: openai.OpenAIError) -> ProviderError:
-    """The SDK's failure, saying whether a retry may help (timeouts, 429, 408/409, 5xx)."""
-    if isinstance(exc, openai.APITimeoutError):
-        return ProviderError(f"{provider}: the model did not answer in time", retryable=True)
-    if isinstance(exc, openai.APIConnectionError):
-        return ProviderError(
-            f"{provider}: cannot reach the model: {type(exc).__name__}", retryable=True
-        )
-    if isinstance(exc, openai.APIStatusError):
-        status = exc.status_code
-        return ProviderError(
-            f"{provider} answered {status}: {_vendor_message(exc)}"[:1000],
-            retryable=status >= 500 or status in (408, 409, 429),
-        )
-    return ProviderError(f"{provider}: {exc}"[:1000])
-
-
-def _vendor_message(exc: openai.APIStatusError) -> str:
-    """The error's own message from the body (`{"error": {"message": ...}}`), if any."""
-    body = exc.body
-    inner = body.get("error", body) if isinstance(body, dict) else None
-    message = inner.get("message") if isinstance(inner, dict) else None
-    return message if isinstance(message, str) else exc.message
+    return None if content is None or content == "" else as_text(content)
