@@ -12,17 +12,18 @@ import json
 import random
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import select, text
+from sqlalchemy import Connection, insert, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from aiassist.store.models import AuditEvent, utcnow
 
-__all__ = ["GENESIS", "AuditLog", "ChainCheck"]
+__all__ = ["GENESIS", "AuditLog", "ChainCheck", "append_events"]
 
 GENESIS = "0" * 64
 _RACE_RETRIES = 50
@@ -57,6 +58,34 @@ class ChainCheck:
     reason: str = ""
 
 
+_HEAD = select(AuditEvent.hash).order_by(AuditEvent.id.desc()).limit(1)
+_LOCK = text("SELECT pg_advisory_xact_lock(:k)")
+
+
+def append_events(
+    connection: Connection, actor: str, events: Sequence[tuple[str, str, dict[str, Any]]]
+) -> None:
+    """Chain `events` (kind, subject, JSON-able data) onto the log in the caller's transaction.
+
+    So a change and the events describing it commit together. If another writer appended
+    first, the commit fails on the unique `prev_hash` (IntegrityError): retry the transaction.
+    """
+    if not events:
+        return
+    if connection.dialect.name == "postgresql":  # writers queue, not race
+        connection.execute(_LOCK, {"k": _PG_LOCK})
+    prev = connection.scalar(_HEAD) or GENESIS
+    actor = actor[:100]
+    rows = []
+    for kind, long_subject, data in events:
+        at, subject = utcnow(), long_subject[:200]  # as the columns hold them
+        digest = event_hash(prev, at, actor, kind, subject, data)
+        row = {"at": at, "actor": actor, "kind": kind, "subject": subject, "data": data}
+        rows.append(row | {"prev_hash": prev, "hash": digest})
+        prev = digest
+    connection.execute(insert(AuditEvent), rows)  # in order: ids follow the chain
+
+
 class AuditLog:
     def __init__(self, sessions: sessionmaker[Session]) -> None:
         self._sessions = sessions
@@ -64,33 +93,17 @@ class AuditLog:
 
     def append(
         self, kind: str, subject: str, *, actor: str, data: dict[str, Any] | None = None
-    ) -> AuditEvent:
+    ) -> None:
         payload = json.loads(json.dumps(data or {}, default=str))  # what the JSON column returns
         for attempt in range(_RACE_RETRIES):
             with self._lock, self._sessions() as session:
-                if session.get_bind().dialect.name == "postgresql":  # writers queue, not race
-                    session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_LOCK})
-                head = session.scalar(
-                    select(AuditEvent.hash).order_by(AuditEvent.id.desc()).limit(1)
-                )
-                prev = head or GENESIS
-                at = utcnow()
-                event = AuditEvent(
-                    at=at,
-                    actor=actor,
-                    kind=kind,
-                    subject=subject,
-                    data=payload,
-                    prev_hash=prev,
-                    hash=event_hash(prev, at, actor, kind, subject, payload),
-                )
-                session.add(event)
+                append_events(session.connection(), actor, [(kind, subject, payload)])
                 try:
                     session.commit()
                 except IntegrityError:  # another process appended first: re-read the head
                     session.rollback()
                 else:
-                    return event
+                    return
             time.sleep(random.uniform(0, 0.005 * (attempt + 1)))
         raise RuntimeError("audit log: could not append after repeated write races")
 
