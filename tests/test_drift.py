@@ -4,6 +4,7 @@ the admin API and CLI that roll it forward again."""
 
 from __future__ import annotations
 
+import base64
 import json
 import random
 import threading
@@ -32,6 +33,7 @@ from aiassist.drift import (
     verify_signature,
 )
 from aiassist.drift.asgi import DriftMiddleware
+from aiassist.drift.clients import ClientHints, client_identity
 from aiassist.metrics import Metrics
 from aiassist.store.audit import AuditLog
 from aiassist.store.db import make_engine, make_sessionmaker
@@ -205,6 +207,54 @@ def test_a_burst_of_a_client_that_never_sends_a_field_is_no_drift_when_clients_a
     assert n < 150, n
 
 
+def _jwt(subject: str, issued: int) -> str:
+    def part(data: dict[str, Any]) -> str:
+        return base64.urlsafe_b64encode(json.dumps(data).encode()).rstrip(b"=").decode()
+
+    claims = {"iss": "https://auth.example", "sub": subject, "iat": issued}
+    return f"{part({'alg': 'RS256'})}.{part(claims)}.c2ln"
+
+
+def test_clients_are_named_from_their_requests_without_keeping_credentials() -> None:
+    key = "sk_live_0123456789abcdef"
+    by_key = client_identity(ClientHints(f"Bearer {key}", user_agent="acme/1.0"))
+    assert by_key is not None and key not in by_key and by_key.startswith("key:")
+    assert by_key == client_identity(ClientHints(f"Bearer {key}", user_agent="other/2.0"))
+    assert by_key != client_identity(ClientHints("Bearer sk_live_other"))
+    # a refreshed JWT is the same client; another subject is another one
+    first = client_identity(ClientHints(f"Bearer {_jwt('app-1', 1)}"))
+    assert first == client_identity(ClientHints(f"Bearer {_jwt('app-1', 2)}"))
+    assert first != client_identity(ClientHints(f"Bearer {_jwt('app-2', 1)}"))
+    # Basic credentials: the user name only, never the password
+    basic = base64.b64encode(b"shop:secret-1").decode()
+    changed = base64.b64encode(b"shop:secret-2").decode()
+    assert client_identity(ClientHints(f"Basic {basic}")) == client_identity(
+        ClientHints(f"Basic {changed}")
+    )
+    assert client_identity(ClientHints(api_key=key)) == by_key
+    # no credentials: the client software (any release) and its address
+    agent = client_identity(ClientHints(user_agent="acme-sdk/2.3.1", peer="10.0.0.7"))
+    assert agent == client_identity(ClientHints(user_agent="acme-sdk/2.4.0", peer="10.0.0.7"))
+    assert agent != client_identity(ClientHints(user_agent="acme-sdk/2.3.1", peer="10.0.0.8"))
+    assert agent == client_identity(
+        ClientHints(user_agent="acme-sdk/2.3.1", forwarded_for="10.0.0.7, 172.16.0.1", peer="p")
+    )
+    assert client_identity(ClientHints()) is None
+    assert client_identity(ClientHints("Bearer not.a.jwt", user_agent="x")) is not None
+
+
+def test_idle_clients_make_room_when_the_client_table_is_full() -> None:
+    profile = Profile(max_history=100, max_clients=3)
+    for i in range(100):  # up to the first halving: everyone is active
+        profile.add(Observation({}, frozenset({"body"}), ("a", "b", "c")[i % 3]))
+    assert set(profile.clients) == {"a", "b", "c"} and profile.observations == 50
+    for _ in range(40):  # only "a" and a newcomer the table has no room for yet
+        profile.add(Observation({}, frozenset({"body"}), "a"))
+        profile.add(Observation({}, frozenset({"body"}), "d"))
+    # at the halving "b" and "c" (idle since the last one) were dropped; "d" then got a place
+    assert set(profile.clients) == {"a", "d"}
+
+
 # --- a real FastAPI backend served by uvicorn -----------------------------------------------
 def backend(guard: DriftGuard) -> FastAPI:
     app = FastAPI()
@@ -328,6 +378,72 @@ def test_fastapi_rolls_a_drifting_version_back_alerts_and_rolls_forward(
     kinds = [e.kind for e in _audit_events(db_url)]
     assert kinds[-4:] == ["drift.detected", "drift.rolled_back", "drift.acknowledged",
                           "drift.rolled_forward"]  # fmt: skip
+
+
+def test_defaults_tell_a_legacy_clients_burst_from_a_drift() -> None:
+    """No client header configured: the guard names clients by their API keys, so a burst of
+    a legacy client that never sends `currency` raises nothing, while the same traffic fools
+    the whole-stream test; four clients dropping `currency` on v2 are still rolled back."""
+    guard = DriftGuard(
+        DriftConfig(stable="v1", scheme="path", versions=("v1", "v2"), persist=False),
+        metrics=Metrics(CollectorRegistry()),
+    )
+    guard.alerter = None
+    app = FastAPI()
+
+    @app.post("/v1/orders")
+    @app.post("/v2/orders")
+    async def create(request: Request) -> dict[str, Any]:
+        body = await request.json()
+        return {"served_by": request.url.path[1:3], "currency": body.get("currency", "EUR")}
+
+    app.add_middleware(DriftMiddleware, guard=guard)
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    wait_for(lambda: server.started, 20, "the backend to start")
+    http = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10)
+    rng = random.Random(7)
+    whole_reference = Profile()
+    whole = DriftDetector(whole_reference)
+    whole_alarms = 0
+
+    def post(version: str, client: int, *, drops: bool = False) -> str:
+        nonlocal whole_alarms
+        body = order(rng, currency=client != 0 and not drops)  # c0 never sends it
+        if version == "v1":
+            whole_reference.add(obs(body))
+        else:  # the test the guard ran before it told clients apart
+            whole_alarms += whole.update(obs(body)) is not None
+        headers = {"authorization": f"Bearer sk_test_{client:02d}_4f9a1c", "user-agent": "shop"}
+        response = http.post(f"/{version}/orders", json=body, headers=headers)
+        assert response.status_code == 200, response.text
+        return str(response.json()["served_by"])
+
+    try:
+        for i in range(800):  # the stable version's history: 80 requests of each client
+            post("v1", i % 10)
+        guard.flush()
+        for _ in range(500):  # c0 bursts to 60% of v2's traffic
+            assert post("v2", 0 if rng.random() < 0.6 else rng.randint(1, 9)) == "v2"
+        guard.flush()
+        assert guard.findings == [] and guard.route("v2") is None
+        assert whole_alarms > 0  # the same traffic, clients not told apart: a false alarm
+
+        served: list[str] = []
+        while len(served) < 800 and served[-1:] != ["v1"]:  # c1-c4 stop sending it
+            client = rng.randint(0, 9)
+            served.append(post("v2", client, drops=client in (1, 2, 3, 4)))
+        assert served[-1] == "v1", len(served)
+        (endpoint, version, finding) = guard.findings[0]
+        assert (endpoint, version) == ("POST /orders", "v2")
+        assert finding.fields[0].field == "body.currency" and finding.fields[0].crossed
+    finally:
+        http.close()
+        server.should_exit = True
+        thread.join(10)
+        guard.close()
 
 
 def _audit_events(url: str) -> list[Any]:
@@ -468,6 +584,7 @@ def test_bench_quick_run_writes_complete_results(tmp_path: Path) -> None:
     detection = result["detection"]
     assert set(detection["false_rollbacks_per_million"]) == {
         "cusum",
+        "cusum-stream",
         "cusum-client",
         "fixed",
         "mann-whitney",

@@ -48,9 +48,12 @@ from aiassist.integrations.django.drift import drift_guard
 client = Client()
 guard = drift_guard()
 served = []
-for i, (version, body) in enumerate(config["requests"]):
+for i, request in enumerate(config["requests"]):
+    version, body = request[0], request[1]
+    who = request[2] if len(request) > 2 else f"c{i % 7}"
     response = client.post(
-        f"/{version}/orders", body, content_type="application/json", HTTP_X_CLIENT_ID=f"c{i % 7}"
+        f"/{version}/orders", body, content_type="application/json", HTTP_X_CLIENT_ID=who,
+        HTTP_AUTHORIZATION=f"Bearer key-{who}-5d1e",
     )
     assert response.status_code == 200, response.content
     served.append(response.json()["served_by"])
@@ -116,3 +119,24 @@ def test_django_rolls_a_drifting_version_back_and_alerts(tmp_path: Path, db_url:
     out = run_django(tmp_path, drift, [("v2", order(rng))])
     assert out["served"] == ["v2"]
     webhook.close()
+
+
+def test_django_names_clients_by_default_so_a_legacy_burst_is_no_drift(tmp_path: Path) -> None:
+    """No client header configured: clients are told apart by their bearer keys."""
+    drift = {"stable": "v1", "scheme": "path", "persist": False, "webhook_url": None}
+    rng = random.Random(8)
+
+    def request(version: str, who: int, drops: bool = False) -> tuple[str, Any, str]:
+        return (version, order(rng, currency=who != 0 and not drops), f"c{who}")  # c0: legacy
+
+    history = [request("v1", i % 7) for i in range(280)]
+    burst = [request("v2", 0 if rng.random() < 0.6 else rng.randint(1, 6)) for _ in range(300)]
+    drifting = []
+    for _ in range(300):  # c1, c2 and c3 stop sending the currency
+        who = rng.randint(0, 6)
+        drifting.append(request("v2", who, drops=who in (1, 2, 3)))
+    out = run_django(tmp_path, drift, history + burst + drifting)
+    served = out["served"]
+    assert set(served[280:580]) == {"v2"}  # the burst: no rollback
+    assert served[-1] == "v1" and len(out["findings"]) == 1, out["findings"]
+    assert "body.currency missing" in out["findings"][0]

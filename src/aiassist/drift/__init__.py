@@ -6,11 +6,13 @@ against the stable version, switch the drifting version back to the stable one, 
 - `aiassist.drift.asgi.DriftMiddleware` (FastAPI, Starlette) and
   `aiassist.integrations.django.drift.DriftMiddleware` feed it and honour its switches;
 - `DriftDetector`: the Bernoulli CUSUM tests (`detector.py`), usable on their own;
+- `client_identity`: who sent a request, from its credentials or user agent (`clients.py`);
 - `DriftStore`: incidents, switches and profiles in the database, audited (`store.py`);
 - `WebhookAlerter`: signed, retried webhook alerts (`alerts.py`).
 """
 
 from aiassist.drift.alerts import WebhookAlerter
+from aiassist.drift.clients import ClientHints, client_identity
 from aiassist.drift.detector import DetectorConfig, DriftDetector, FieldDrift, Finding
 from aiassist.drift.guard import DriftConfig, DriftGuard
 from aiassist.drift.profile import Observation, Profile
@@ -21,6 +23,7 @@ from aiassist.signing import sign, verify_signature
 
 __all__ = [
     "CallableVersion",
+    "ClientHints",
     "DetectorConfig",
     "DriftConfig",
     "DriftDetector",
@@ -35,6 +38,7 @@ __all__ = [
     "Profile",
     "VersionScheme",
     "WebhookAlerter",
+    "client_identity",
     "fields_of",
     "query_fields",
     "sign",

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from aiassist.drift.clients import ClientHints
 from aiassist.drift.guard import DriftGuard
 
 __all__ = ["DriftMiddleware"]
@@ -23,6 +24,28 @@ def _header(scope: Scope, name: bytes) -> bytes | None:
         if key == name:
             return value  # type: ignore[no-any-return]
     return None
+
+
+def _hints(scope: Scope) -> ClientHints:
+    """The headers a client is told by, in one pass (decoded on the guard's thread)."""
+    auth = key = agent = forwarded = None
+    for name, value in scope["headers"]:
+        if name == b"authorization":
+            auth = value
+        elif name == b"user-agent":
+            agent = value
+        elif name == b"x-api-key":
+            key = value
+        elif name == b"x-forwarded-for":
+            forwarded = value
+    peer = scope.get("client")
+    return ClientHints(
+        auth.decode("latin-1") if auth else None,
+        key.decode("latin-1") if key else None,
+        agent.decode("latin-1") if agent else None,
+        forwarded.decode("latin-1") if forwarded else None,
+        str(peer[0]) if peer else None,
+    )
 
 
 def _is_json(content_type: bytes | None) -> bool:
@@ -36,6 +59,7 @@ class DriftMiddleware:
         self.max_bytes = guard.config.max_body_bytes
         header = guard.config.client_header
         self.client_header = header.lower().encode() if header else None
+        self.identify = guard.config.identify_clients
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -109,6 +133,7 @@ class DriftMiddleware:
             else None
         )
         client = _header(scope, self.client_header) if self.client_header else None
+        hints = _hints(scope) if client is None and self.identify else None
         guard.submit(
             scope["method"],
             template,
@@ -118,6 +143,7 @@ class DriftMiddleware:
             response=response,
             rerouted=target is not None,
             client=client.decode("latin-1") if client is not None else None,
+            hints=hints,
         )
 
     def _switch(self, scope: Scope, path: str, target: str) -> Scope:

@@ -20,7 +20,8 @@ stable rates where the client has a history on the stable version (a risk-adjust
 Steiner et al., 2000): `p0` and `p1` then vary from request to request, and the bound holds
 unchanged, since each request's likelihood ratio still has mean at most 1 under the null.
 This is what keeps a burst of one legacy client (one that never sends a field) from
-reading as a drift of the whole version.
+reading as a drift of the whole version. The guard names clients by default
+(`aiassist.drift.clients`), so this is the test it runs unless told otherwise.
 """
 
 from __future__ import annotations

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiassist.drift.alerts import WebhookAlerter
+from aiassist.drift.clients import ClientHints, client_identity
 from aiassist.drift.detector import DetectorConfig, DriftDetector, Finding
 from aiassist.drift.profile import Observation, Profile
 from aiassist.drift.shapes import FieldShape, fields_of, query_fields
@@ -56,8 +57,11 @@ class DriftConfig:
     #: Switch a drifting version to `stable` (False: only alert).
     auto_rollback: bool = True
     #: Request header naming the client (e.g. "x-client-id"): each client's requests are
-    #: then judged against that client's own history on the stable version.
+    #: judged against that client's own history on the stable version.
     client_header: str | None = None
+    #: Without that header, name the client from the request's credentials (hashed), else
+    #: its user agent and address (`aiassist.drift.clients`), for the same per-client test.
+    identify_clients: bool = True
     #: Share of requests profiled (detection delay in requests grows as 1 / sample_rate).
     sample_rate: float = 1.0
     detector: DetectorConfig = field(default_factory=DetectorConfig)
@@ -152,9 +156,12 @@ class DriftGuard:
         response: bytes | None,
         rerouted: bool,
         client: str | None = None,
+        hints: ClientHints | None = None,
     ) -> None:
-        """Queue one request for profiling; never blocks (a full queue drops and counts)."""
-        item = (method, template, version, body, query, response, rerouted, client)
+        """Queue one request for profiling; never blocks (a full queue drops and counts).
+        `client` names the client (the configured header); else `hints` tell it (the client
+        identity is worked out on the guard's thread, off the request path)."""
+        item = (method, template, version, body, query, response, rerouted, client, hints)
         try:
             self._queue.put_nowait(item)
         except queue.Full:
@@ -239,6 +246,7 @@ class DriftGuard:
         response: bytes | None,
         rerouted: bool,
         client: str | None,
+        hints: ClientHints | None,
     ) -> None:
         endpoint = f"{method} {self.scheme.endpoint(template)}"
         key = (endpoint, version)
@@ -255,7 +263,11 @@ class DriftGuard:
         if response is not None:
             parts.add("response")
             fields.update(_json_fields(response, "response"))
-        obs = Observation(fields, frozenset(parts), client[:128] if client else None)
+        if client:
+            client = client[:128]
+        elif hints is not None and self.config.identify_clients:
+            client = client_identity(hints)
+        obs = Observation(fields, frozenset(parts), client or None)
         profile.add(obs)
         self.metrics.drift_observations.labels(version).inc()
         if version == self.stable or rerouted or key in self._on_hold:

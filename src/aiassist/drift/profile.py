@@ -53,8 +53,10 @@ class FieldStats:
 
 class Profile:
     """Counts of one (endpoint, version) stream, and the same counts per client (up to
-    `max_clients`) when observations name their client. Not thread-safe: one writer (the
-    guard's worker thread) updates it."""
+    `max_clients`) when observations name their client. When the client table is full,
+    clients that sent nothing since the last halving make room at the next one, so one-off
+    callers cannot hold every place. Not thread-safe: one writer (the guard's worker
+    thread) updates it."""
 
     def __init__(self, max_history: int = 50_000, max_clients: int = 200) -> None:
         self.max_history = max_history
@@ -63,6 +65,7 @@ class Profile:
         self.parts: dict[str, int] = dict.fromkeys(PARTS, 0)
         self.fields: dict[str, FieldStats] = {}
         self.clients: dict[str, Profile] = {}
+        self._active: set[str] = set()  # clients seen since the last halving
 
     def add(self, obs: Observation) -> None:
         if obs.client is not None and self.max_clients:
@@ -71,6 +74,7 @@ class Profile:
                 sub = self.clients[obs.client] = Profile(self.max_history, max_clients=0)
             if sub is not None:
                 sub.add(obs)
+                self._active.add(obs.client)
         self.observations += 1
         for part in obs.parts:
             self.parts[part] = self.parts.get(part, 0) + 1
@@ -107,6 +111,9 @@ class Profile:
             stats.shapes = {k: v // 2 for k, v in stats.shapes.items() if v > 1}
             if stats.present == 0:
                 del self.fields[name]
+        if len(self.clients) >= self.max_clients > 0:
+            self.clients = {c: sub for c, sub in self.clients.items() if c in self._active}
+        self._active = set()
 
     # --- persistence ---------------------------------------------------------------------
     def to_json(self) -> dict[str, Any]:
@@ -131,6 +138,7 @@ class Profile:
             loaded = cls.from_json(sub["observations"], sub, max_history)
             loaded.max_clients = 0
             profile.clients[str(client)] = loaded
+        profile._active = set(profile.clients)
         profile.parts = {str(k): int(v) for k, v in data.get("parts", {}).items()}
         profile.fields = {
             str(name): FieldStats.from_json(stats)

@@ -17,6 +17,7 @@ from typing import Any
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse
 
+from aiassist.drift.clients import ClientHints
 from aiassist.drift.guard import DriftConfig, DriftGuard
 
 __all__ = ["DriftMiddleware", "drift_guard"]
@@ -90,6 +91,15 @@ class DriftMiddleware:
             content = response.content
         client_header = guard.config.client_header
         client = meta.get(_meta_key(client_header)) if client_header else None
+        hints = None
+        if client is None and guard.config.identify_clients:
+            hints = ClientHints(
+                meta.get("HTTP_AUTHORIZATION"),
+                meta.get("HTTP_X_API_KEY"),
+                meta.get("HTTP_USER_AGENT"),
+                meta.get("HTTP_X_FORWARDED_FOR"),
+                meta.get("REMOTE_ADDR"),
+            )
         guard.submit(
             request.method or "GET",
             "/" + str(route).lstrip("^"),
@@ -99,6 +109,7 @@ class DriftMiddleware:
             response=content,
             rerouted=target is not None,
             client=client,
+            hints=hints,
         )
         return response
 
