@@ -150,6 +150,20 @@ class Metrics:
             registry=registry,
         )
 
+        # --- automation (flows) ---------------------------------------------------------
+        self.flow_runs = Counter(
+            "aiassist_flow_runs",
+            "Flow runs that ended (dry runs excluded), by flow and status (succeeded, failed).",
+            ["flow", "status"],
+            registry=registry,
+        )
+        self.flow_minutes_saved = Counter(
+            "aiassist_flow_minutes_saved",
+            "Minutes of manual work saved: each succeeded run adds its flow's minutes_saved.",
+            ["flow"],
+            registry=registry,
+        )
+
 
 @cache
 def default_metrics() -> Metrics:

@@ -199,6 +199,31 @@ class Settings(BaseSettings):
         description="Longest wait for a rate-limited downstream; past it the model is told "
         "to retry later.",
     )
+    agent_lease_seconds: float | None = Field(
+        None,
+        gt=0,
+        le=86_400,
+        description="How long a process holds a run it drives before it must renew; a run "
+        "whose process died is taken over after this. Must exceed "
+        "agent_tool_timeout_seconds. Unset: 300, or twice the tool timeout if longer.",
+    )
+    agent_executor: Literal["inprocess", "celery"] = Field(
+        "inprocess",
+        description="Who drives agent runs and flows: the process that started them "
+        "(inprocess), or Celery workers (celery: set celery_broker_url and start "
+        "`celery -A aiassist.integrations.celery_agent worker`).",
+    )
+    agent_queue: str = Field(
+        "aiassist-agent",
+        pattern=r"^[A-Za-z0-9_.:-]{1,200}$",
+        description="Celery queue that agent runs are sent to and workers consume.",
+    )
+    celery_broker_url: str | None = Field(
+        None,
+        max_length=2000,
+        description="Broker of the Celery workers that drive agent runs, e.g. "
+        "amqp://guest:guest@127.0.0.1:5672// (RabbitMQ) or redis://127.0.0.1:6379/1.",
+    )
 
     # --- the agent's language model (used when agent_provider is openai or anthropic) ---
     agent_model: str | None = Field(
@@ -241,6 +266,44 @@ class Settings(BaseSettings):
         0.0, ge=0, le=10_000, description="Price of a million output tokens, for cost reports."
     )
 
+    # --- automation: flows and their triggers ------------------------------------------
+    flows_dir: Path | None = Field(
+        None,
+        description="Directory of flow files (*.yaml, docs/automation.md), loaded at start-up; "
+        "a bad file stops the start-up naming its line. Unset: no flows.",
+    )
+    smtp_listen: str | None = Field(
+        None,
+        max_length=300,
+        pattern=r"^[^:\s]+:\d{1,5}$",
+        description="host:port of the inbound SMTP listener that starts flows with an `email` "
+        "trigger, e.g. 127.0.0.1:8025. Unset: no listener.",
+    )
+    webhook_secrets_file: Path | None = Field(
+        None,
+        description="YAML or JSON mapping of webhook name to its HMAC secret. A variable "
+        "AIASSIST_WEBHOOK_SECRET_<NAME> overrides the file's entry.",
+    )
+    automation_scopes: str = Field(
+        "agent:run",
+        max_length=1000,
+        description="Comma-separated scopes of the service identity that triggered runs act as.",
+    )
+
+    # --- serving tools over MCP ----------------------------------------------------------
+    mcp_http: bool = Field(
+        False,
+        description="Serve the agent's tools to MCP clients (streamable HTTP) at /mcp in the "
+        "inference service; each request needs an API key with agent:run.",
+    )
+    mcp_approval_wait_seconds: float = Field(
+        60.0,
+        ge=0,
+        le=3600,
+        description="How long an MCP tools/call that needs approval waits for it; past it the "
+        "client gets an error naming the approval, and the run stays paused until decided.",
+    )
+
     # --- the SDK -----------------------------------------------------------------------
     mode: Literal["local", "remote"] = Field(
         "local",
@@ -250,7 +313,9 @@ class Settings(BaseSettings):
         "http://127.0.0.1:8000", description="Base URL of the inference service (remote mode)."
     )
     api_key: SecretStr | None = Field(
-        None, description="API key the SDK sends in remote mode (scopes decide, outcome)."
+        None,
+        description="API key the SDK sends in remote mode (scopes decide, outcome); also the "
+        "key `aiassist mcp serve --stdio` acts as (scope agent:run).",
     )
     api_key_file: Path | None = Field(
         None, description="File holding the API key, for secrets mounted as files."

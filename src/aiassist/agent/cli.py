@@ -1,5 +1,6 @@
-"""`aiassist agent run|show|approvals|approve|reject|resume`, `aiassist audit verify` and
-`aiassist eval`: the agent from a terminal, acting directly on the configured database.
+"""`aiassist agent run|show|approvals|approve|reject|resume`, `aiassist flow list|run|validate`,
+`aiassist audit verify` and `aiassist eval`: the agent from a terminal, acting directly on the
+configured database.
 
 The CLI acts as the service identity `cli` (every scope): whoever can run it can read the
 database anyway. Its tools, policy and provider come from the same settings as the service.
@@ -22,6 +23,7 @@ __all__ = ["register"]
 
 agent_app = typer.Typer(help="Agent runs and approvals.", no_args_is_help=True)
 audit_app = typer.Typer(help="The hash-chained audit trail.", no_args_is_help=True)
+flow_app = typer.Typer(help="Flows: list them with their ROI, validate, run.", no_args_is_help=True)
 out = Console(soft_wrap=True)
 err = Console(stderr=True)
 
@@ -30,6 +32,7 @@ def register(app: typer.Typer) -> None:
     """Add the agent's commands to the `aiassist` command."""
     app.add_typer(agent_app, name="agent")
     app.add_typer(audit_app, name="audit")
+    app.add_typer(flow_app, name="flow")
     app.command("eval")(evaluate)
 
 
@@ -74,6 +77,9 @@ def run(
         Path | None, typer.Option(help="JSON file of test-model turns (a dry run).")
     ] = None,
     max_steps: Annotated[int, typer.Option(min=1, max=1000)] = 10,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Run reads, simulate writes, ask no approvals.")
+    ] = False,
 ) -> None:
     """Start a run and drive it until it finishes or waits for an approval."""
     from aiassist.agent.runtime import NoProvider
@@ -95,6 +101,7 @@ def run(
                 provider="test" if options is not None else None,
                 provider_options=options,
                 max_steps=max_steps,
+                dry_run=dry_run,
             )
         )
     except (NoProvider, ValueError) as exc:
@@ -241,3 +248,105 @@ def evaluate(
             out.print(f"  {t.name}: {failure}")
     if json_out is not None:
         json_out.write_text(report.model_dump_json(indent=2))
+
+
+# --- flows ------------------------------------------------------------------------------------
+def _automation() -> Any:
+    from aiassist.agent.automation import Automation
+    from aiassist.agent.flows import FlowError
+
+    settings = _settings()
+    if settings.flows_dir is None:
+        err.print("[red]no flows: set AIASSIST_FLOWS_DIR to a directory of flow files[/red]")
+        raise typer.Exit(2)
+    runtime = _runtime()
+    try:
+        return Automation.from_settings(settings, runtime)
+    except (FlowError, ValueError) as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(2) from None
+
+
+@flow_app.command("list")
+def flow_list(
+    as_json: Annotated[bool, typer.Option("--json", help="JSON, one flow a line.")] = False,
+) -> None:
+    """The flows with their triggers and ROI (runs, success rate, minutes saved)."""
+    reports = asyncio.run(_automation().reports())
+    if as_json:
+        for r in reports:
+            print(r.model_dump_json())
+        return
+    table = Table("flow", "steps", "triggers", "runs", "success", "errors caught", "min saved")
+    for r in reports:
+        rate = "-" if r.roi.success_rate is None else f"{r.roi.success_rate:.0%}"
+        triggers = ", ".join(f"{k}: {v}" for t in r.triggers for k, v in t.items() if k != "input")
+        table.add_row(
+            r.name,
+            str(len(r.steps)),
+            triggers or "-",
+            str(r.roi.runs),
+            rate,
+            str(r.roi.errors_caught),
+            f"{r.roi.minutes_saved:g}",
+        )
+    out.print(table)
+
+
+@flow_app.command("validate")
+def flow_validate(
+    files: Annotated[list[Path], typer.Argument(help="Flow files to check.")],
+) -> None:
+    """Check flow files; every problem is printed as file:line: message."""
+    from aiassist.agent.flows import FlowError, load_flow
+
+    bad = False
+    for path in files:
+        try:
+            flow = load_flow(path)
+        except FlowError as exc:  # plain lines, unwrapped: file:line: message
+            bad = True
+            typer.echo(str(exc), err=True)
+        except OSError as exc:
+            bad = True
+            typer.echo(f"{path}: {exc.strerror}", err=True)
+        else:
+            out.print(f"{path}: ok ({flow.name}: {len(flow.steps)} steps, tools {flow.tools})")
+    raise typer.Exit(1 if bad else 0)
+
+
+@flow_app.command("run")
+def flow_run(
+    name: Annotated[str, typer.Argument(help="The flow's name.")],
+    input: Annotated[str, typer.Option("--input", "-i", help="The input, a JSON object.")] = "{}",
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Run reads, simulate writes, ask no approvals.")
+    ] = False,
+    key: Annotated[
+        str | None, typer.Option(help="Idempotency key: a second run with it starts nothing.")
+    ] = None,
+) -> None:
+    """Run a flow until it ends or waits for an approval; prints the run."""
+    from aiassist.agent.runtime import NoProvider
+
+    try:
+        data = json.loads(input)
+    except ValueError as exc:
+        err.print(f"[red]--input: {exc}[/red]")
+        raise typer.Exit(2) from None
+    if not isinstance(data, dict):
+        err.print("[red]--input: expected a JSON object[/red]")
+        raise typer.Exit(2)
+    automation = _automation()
+    try:
+        info = asyncio.run(
+            automation.run(name, data, principal=_principal(), key=key, dry_run=dry_run)
+        )
+    except LookupError as exc:
+        err.print(f"[red]{exc.args[0]}[/red]")
+        raise typer.Exit(2) from None
+    except (NoProvider, ValueError) as exc:
+        err.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
+    _print(info)
+    raise typer.Exit(0 if info.status in ("succeeded", "waiting_approval") else 1)

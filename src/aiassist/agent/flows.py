@@ -23,6 +23,10 @@ does not ask again.
 
 Arguments are Jinja templates rendered in a sandbox: a value that is one `{{ expression }}`
 keeps its type (a number stays a number); `when` and `for_each` are bare expressions.
+
+A flow may say what starts it (`triggers:`): a cron schedule, a signed webhook, mail to an
+address; `aiassist.agent.automation` wires them. In a dry run a value that only a real write
+would have produced (the id of a lead not created) renders as a placeholder.
 """
 
 from __future__ import annotations
@@ -35,7 +39,8 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from jinja2 import StrictUndefined, TemplateError
+from croniter import croniter
+from jinja2 import ChainableUndefined, StrictUndefined, TemplateError, Undefined
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from pydantic import (
     BaseModel,
@@ -44,6 +49,7 @@ from pydantic import (
     Field,
     Tag,
     ValidationError,
+    field_validator,
     model_validator,
 )
 
@@ -57,12 +63,17 @@ from aiassist.agent.providers.base import (
 )
 
 __all__ = [
+    "DRY_RUN_PLACEHOLDER",
     "AgentStep",
     "Flow",
     "FlowError",
     "FlowModel",
+    "OnCron",
+    "OnEmail",
+    "OnWebhook",
     "ToolStep",
     "load_flow",
+    "load_flows",
     "parse_flow",
 ]
 
@@ -121,6 +132,73 @@ Step = Annotated[
 ]
 
 
+# --- what starts a flow ------------------------------------------------------------------------
+class OnCron(BaseModel):
+    """Run on a five-field cron schedule; `overlap` says what a firing does while one runs."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    cron: str = Field(max_length=200)
+    overlap: Literal["skip", "queue", "cancel"] = "skip"
+    timezone: str = Field("UTC", max_length=64)
+    input: dict[str, Any] = Field(default_factory=dict, description="The runs' input.")
+
+    @field_validator("cron")
+    @classmethod
+    def _valid_cron(cls, value: str) -> str:
+        if len(value.split()) != 5 or not croniter.is_valid(value):
+            raise ValueError(f"{value!r} is not a five-field cron expression")
+        return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown timezone {value!r}") from None
+        return value
+
+
+class OnWebhook(BaseModel):
+    """Run when `POST /v1/hooks/<webhook>` arrives signed with that webhook's secret."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    webhook: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
+
+
+class OnEmail(BaseModel):
+    """Run when mail to `email` reaches the inbound SMTP listener."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    email: str = Field(max_length=254, pattern=r"^[^@\s]+@[^@\s]+$")
+
+
+def _trigger_kind(trigger: Any) -> str | None:
+    if isinstance(trigger, dict):
+        for key, kind in (("cron", "OnCron"), ("webhook", "OnWebhook"), ("email", "OnEmail")):
+            if key in trigger:
+                return kind
+        return None
+    return type(trigger).__name__
+
+
+Trigger = Annotated[
+    Annotated[OnCron, Tag("OnCron")]
+    | Annotated[OnWebhook, Tag("OnWebhook")]
+    | Annotated[OnEmail, Tag("OnEmail")],
+    Discriminator(
+        _trigger_kind,
+        custom_error_type="trigger_kind",
+        custom_error_message="a trigger is `cron: ...`, `webhook: <name>` or `email: <address>`",
+    ),
+]
+
+
 class Flow(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -128,6 +206,7 @@ class Flow(BaseModel):
     description: str = Field("", max_length=2000)
     steps: list[Step] = Field(min_length=1, max_length=100)
     minutes_saved: float = Field(0, ge=0, le=10_000, description="A manual run's cost.")
+    triggers: list[Trigger] = Field(default_factory=list, max_length=20)
 
     @model_validator(mode="after")
     def _unique_ids(self) -> Flow:
@@ -147,8 +226,17 @@ class Flow(BaseModel):
     def needs_model(self) -> bool:
         return any(isinstance(s, AgentStep) for s in self.steps)
 
+    @property
+    def max_turns(self) -> int:
+        """The step budget of a run: each tool step takes at most `attempts` turns (a loop's
+        items go together), and one more turn says the flow is done."""
+        return sum(s.attempts for s in self.steps if isinstance(s, ToolStep)) + 1
+
 
 # --- loading ----------------------------------------------------------------------------------
+_UNION_TAGS = ("ToolStep", "AgentStep", "OnCron", "OnWebhook", "OnEmail")
+
+
 def parse_flow(text: str, source: str = "<flow>") -> Flow:
     """A `Flow` from YAML, or `FlowError` with the line of every problem."""
     try:
@@ -168,7 +256,7 @@ def parse_flow(text: str, source: str = "<flow>") -> Flow:
         problems = []
         for error in exc.errors():
             message = error["msg"].removeprefix("Value error, ")
-            loc = tuple(p for p in error["loc"] if p not in ("ToolStep", "AgentStep"))
+            loc = tuple(p for p in error["loc"] if p not in _UNION_TAGS)
             if not loc and (path := re.match(r"^([\w.]+): ", message)):  # a whole-flow check
                 loc = tuple(int(p) if p.isdigit() else p for p in path[1].split("."))
                 message = message[path.end() :]
@@ -179,9 +267,38 @@ def parse_flow(text: str, source: str = "<flow>") -> Flow:
     return flow
 
 
+_MAX_FLOW_FILES = 500
+
+
 def load_flow(path: str | Path) -> Flow:
     path = Path(path)
     return parse_flow(path.read_text(encoding="utf-8"), str(path))
+
+
+def load_flows(directory: str | Path) -> dict[str, Flow]:
+    """Every `*.yaml`/`*.yml` flow in `directory` by name; `FlowError` on the first bad one."""
+    root = Path(directory)
+    if not root.is_dir():
+        raise FlowError(str(root), [(0, "not a directory")])
+    files = sorted([*root.glob("*.yaml"), *root.glob("*.yml")])
+    if len(files) > _MAX_FLOW_FILES:
+        raise FlowError(str(root), [(0, f"more than {_MAX_FLOW_FILES} flow files")])
+    flows: dict[str, Flow] = {}
+    where: dict[str, Path] = {}
+    for path in files:
+        flow = load_flow(path)
+        if flow.name in flows:
+            problem = f"{where[flow.name]} has the same name"
+            raise FlowError(str(path), [(_name_line(path), problem)])
+        flows[flow.name], where[flow.name] = flow, path
+    return flows
+
+
+def _name_line(path: Path) -> int:
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if line.startswith("name:"):
+            return number
+    return 0
 
 
 def _line(node: yaml.Node | None, loc: Sequence[int | str]) -> int:
@@ -242,20 +359,35 @@ def _strings(value: Any) -> Iterable[str]:
 
 
 # --- templates --------------------------------------------------------------------------------
+#: What a value only a real run would have (the id of a lead a dry run did not create) renders as.
+DRY_RUN_PLACEHOLDER = "<unknown in a dry run>"
+
+
+class _Unknown(ChainableUndefined):
+    __slots__ = ()
+
+    def __str__(self) -> str:
+        return DRY_RUN_PLACEHOLDER
+
+
 _ENV = ImmutableSandboxedEnvironment(undefined=StrictUndefined, autoescape=False)
+_DRY_ENV = ImmutableSandboxedEnvironment(undefined=_Unknown, autoescape=False)
 
 
-def _render(value: Any, context: Mapping[str, Any]) -> Any:
+def _render(
+    value: Any, context: Mapping[str, Any], env: ImmutableSandboxedEnvironment = _ENV
+) -> Any:
     """Render every string in `value`; `"{{ x }}"` alone keeps x's type."""
     if isinstance(value, str):
         stripped = value.strip()
         if stripped.startswith("{{") and stripped.endswith("}}") and stripped.count("{{") == 1:
-            return _ENV.compile_expression(stripped[2:-2])(**context)
-        return _ENV.from_string(value).render(**context)
+            result = env.compile_expression(stripped[2:-2], undefined_to_none=False)(**context)
+            return str(result) if isinstance(result, Undefined) else result
+        return env.from_string(value).render(**context)
     if isinstance(value, dict):
-        return {k: _render(v, context) for k, v in value.items()}
+        return {k: _render(v, context, env) for k, v in value.items()}
     if isinstance(value, list):
-        return [_render(v, context) for v in value]
+        return [_render(v, context, env) for v in value]
     return value
 
 
@@ -265,18 +397,27 @@ class FlowModel:
 
     Stateless: everything it needs is in the conversation (tool results by call id, its own
     notes in the text of its turns), so a run resumed in another process goes on exactly.
-    `model` answers `agent` steps; a flow without them needs none.
+    `model` answers `agent` steps; a flow without them needs none. In a `dry_run` a value
+    only a simulated write would have produced renders as a placeholder instead of failing.
     """
 
     input_price_per_mtok = 0.0
     output_price_per_mtok = 0.0
 
-    def __init__(self, flow: Flow, input: Mapping[str, Any], model: Provider | None = None) -> None:
+    def __init__(
+        self,
+        flow: Flow,
+        input: Mapping[str, Any],
+        model: Provider | None = None,
+        *,
+        dry_run: bool = False,
+    ) -> None:
         if flow.needs_model and model is None:
             raise ProviderError(f"flow {flow.name!r} has agent steps: it needs a language model")
         self.flow = flow
         self.input = dict(input)
         self.model = model
+        self.env = _DRY_ENV if dry_run else _ENV
         self.name = f"flow:{flow.name}"
         if model is not None:
             self.input_price_per_mtok = model.input_price_per_mtok
@@ -306,7 +447,7 @@ class FlowModel:
 
     def _holds(self, step: _Step, expression: str, context: Mapping[str, Any]) -> bool:
         try:
-            return bool(_ENV.compile_expression(expression)(**context))
+            return bool(self.env.compile_expression(expression)(**context))
         except Exception as exc:
             raise ProviderError(
                 f"step {step.id!r}: cannot evaluate {expression!r}: {exc}"
@@ -318,7 +459,7 @@ class FlowModel:
         """The calls still to make for `step`, or none and the step's result."""
         if step.for_each is not None:
             try:
-                items = list(_ENV.compile_expression(step.for_each)(**context) or [])
+                items = list(self.env.compile_expression(step.for_each)(**context) or [])
             except Exception as exc:
                 raise ProviderError(f"step {step.id!r}: for_each failed: {exc}") from None
             jobs = [(f"{step.id}.{i}", {**context, "item": item}) for i, item in enumerate(items)]
@@ -332,7 +473,7 @@ class FlowModel:
             last = results.get(f"{base}~{attempt - 1}") if attempt > 1 else None
             if attempt == 1 or (_retryable(last) and attempt <= step.attempts):
                 try:
-                    arguments = _render(step.args, scope)
+                    arguments = _render(step.args, scope, self.env)
                 except Exception as exc:
                     raise ProviderError(f"step {step.id!r}: arguments failed: {exc}") from None
                 calls.append(ToolCall(f"{base}~{attempt}", step.tool, arguments))
@@ -353,7 +494,7 @@ class FlowModel:
     ) -> tuple[dict[str, Any], Usage]:
         assert self.model is not None
         try:
-            prompt = _ENV.from_string(step.agent).render(**context)
+            prompt = self.env.from_string(step.agent).render(**context)
         except Exception as exc:
             raise ProviderError(f"step {step.id!r}: prompt failed: {exc}") from None
         keys = ", ".join(f'"{k}" ({t})' for k, t in step.output.items())

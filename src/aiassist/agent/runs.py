@@ -21,19 +21,18 @@ from enum import StrEnum
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict
-from sqlalchemy import insert, or_, select, text, update
+from sqlalchemy import func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.sql.base import Executable
 
 from aiassist.agent.providers.base import Message, ToolCall
-from aiassist.store.audit import _PG_LOCK, GENESIS, event_hash
+from aiassist.store.audit import append_events
 from aiassist.store.models import (
     AgentApproval,
     AgentMessage,
     AgentRun,
     AgentToolCall,
-    AuditEvent,
     Base,
     utcnow,
 )
@@ -42,6 +41,7 @@ __all__ = [
     "ApprovalInfo",
     "CallInfo",
     "CallStatus",
+    "FlowStats",
     "RunInfo",
     "RunNotFound",
     "RunStatus",
@@ -117,8 +117,21 @@ class RunInfo(BaseModel):
     error: str | None
     created_at: datetime
     updated_at: datetime
+    key: str | None = None
+    flow: str | None = None
+    dry_run: bool = False
     calls: list[CallInfo] = []
     pending_approvals: list[str] = []
+
+
+class FlowStats(BaseModel):
+    """What a flow's real runs (dry runs excluded) did: the figures its ROI is made of."""
+
+    runs: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    waiting: int = 0
+    errors_caught: int = 0  # failed or retried tool calls, each a person's interruption saved
 
 
 class ApprovalInfo(BaseModel):
@@ -191,34 +204,7 @@ class Unit:
         self._events.append((kind, subject, json.loads(json.dumps(data, default=str))))
 
     def _flush_audit(self) -> None:
-        if not self._events:
-            return
-        connection = self.session.connection()  # Core statements: no ORM bookkeeping
-        if connection.dialect.name == "postgresql":  # writers queue, not race
-            connection.execute(_PG_AUDIT_LOCK, {"k": _PG_LOCK})
-        prev = connection.scalar(_AUDIT_HEAD) or GENESIS
-        rows = []
-        actor = self.actor[:100]
-        for kind, long_subject, data in self._events:
-            at, subject = utcnow(), long_subject[:200]  # as the columns hold them
-            digest = event_hash(prev, at, actor, kind, subject, data)
-            rows.append(
-                {
-                    "at": at,
-                    "actor": actor,
-                    "kind": kind,
-                    "subject": subject,
-                    "data": data,
-                    "prev_hash": prev,
-                    "hash": digest,
-                }
-            )
-            prev = digest
-        connection.execute(insert(AuditEvent), rows)  # in order: ids follow the chain
-
-
-_AUDIT_HEAD = select(AuditEvent.hash).order_by(AuditEvent.id.desc()).limit(1)
-_PG_AUDIT_LOCK = text("SELECT pg_advisory_xact_lock(:k)")
+        append_events(self.session.connection(), self.actor, self._events)
 
 
 class RunStore:
@@ -293,6 +279,56 @@ class RunStore:
             query = query.where(AgentApproval.status == status)
         with self.sessions() as session:
             return [ApprovalInfo.model_validate(r) for r in session.scalars(query)]
+
+    def runs(
+        self,
+        *,
+        status: str | None = None,
+        flow: str | None = None,
+        principal: str | None = None,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> list[RunInfo]:
+        """Runs, newest first, without their calls (`info` has those)."""
+        query = select(AgentRun).order_by(AgentRun.created_at.desc(), AgentRun.id)
+        if status is not None:
+            query = query.where(AgentRun.status == status)
+        if flow is not None:
+            query = query.where(AgentRun.flow == flow)
+        if principal is not None:
+            query = query.where(AgentRun.principal == principal)
+        with self.sessions() as session:
+            rows = session.scalars(query.limit(limit).offset(offset)).all()
+            return [RunInfo.model_validate(r) for r in rows]
+
+    def flow_stats(self) -> dict[str, FlowStats]:
+        """Per flow: runs by status and the tool calls that failed (each retried or fatal)."""
+        real = AgentRun.flow.is_not(None) & AgentRun.dry_run.is_(False)
+        stats: dict[str, FlowStats] = {}
+        with self.sessions() as session:
+            by_status = session.execute(
+                select(AgentRun.flow, AgentRun.status, func.count())
+                .where(real)
+                .group_by(AgentRun.flow, AgentRun.status)
+            ).all()
+            errors = session.execute(
+                select(AgentRun.flow, func.count())
+                .join(AgentToolCall, AgentToolCall.run_id == AgentRun.id)
+                .where(real, AgentToolCall.status == CallStatus.FAILED)
+                .group_by(AgentRun.flow)
+            ).all()
+        for flow, status, count in by_status:
+            s = stats.setdefault(str(flow), FlowStats())
+            s.runs += count
+            if status == RunStatus.SUCCEEDED:
+                s.succeeded += count
+            elif status == RunStatus.FAILED:
+                s.failed += count
+            elif status == RunStatus.WAITING_APPROVAL:
+                s.waiting += count
+        for flow, count in errors:
+            stats.setdefault(str(flow), FlowStats()).errors_caught = count
+        return stats
 
     def orphaned(self, limit: int = 100) -> list[str]:
         """Running runs nobody drives: their process died (lease expired) or never claimed."""

@@ -35,10 +35,11 @@ from typing import Any, TypeVar
 import anyio
 import anyio.to_thread
 from pydantic import BaseModel
-from sqlalchemy import update
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from aiassist.agent.approvals import decide_approval
+from aiassist.agent.flows import DRY_RUN_PLACEHOLDER, Flow, FlowModel
 from aiassist.agent.policy import Action, Policy, Verdict
 from aiassist.agent.providers.base import (
     Message,
@@ -66,8 +67,15 @@ from aiassist.metrics import Metrics
 from aiassist.store.keys import Principal
 from aiassist.store.models import AgentApproval, AgentMessage, AgentRun, AgentToolCall, utcnow
 
+#: Tool sources that honour `ToolContext.dry_run` themselves (the OpenAPI source answers with
+#: the request it would send); other sources' writes are never called in a dry run.
+DRY_RUN_AWARE_SOURCES = frozenset({"openapi"})
+_MAX_KEY_CHARS = 200
+_MAX_FLOW_INPUT_CHARS = 100_000
+
 __all__ = [
     "DEFAULT_SYSTEM_PROMPT",
+    "DRY_RUN_AWARE_SOURCES",
     "NoProvider",
     "ProviderFactory",
     "Runtime",
@@ -125,6 +133,7 @@ class Runtime:
         system_prompt: str = DEFAULT_SYSTEM_PROMPT,
         db_in_thread: bool = True,
         metrics: Metrics | None = None,
+        flows: Mapping[str, Flow] | None = None,
     ) -> None:
         """`db_in_thread=False` runs database work on the event loop: right for a process
         that only drives runs (a worker, the CLI), where it saves two thread switches a
@@ -134,7 +143,13 @@ class Runtime:
         self.store = RunStore(sessions)
         self.tools = tools
         self.policy = policy or Policy()
-        self.providers: dict[str, ProviderFactory] = {"test": _test_model, **(providers or {})}
+        self.providers: dict[str, ProviderFactory] = {
+            "test": _test_model,
+            "flow": self._flow_model,
+            **(providers or {}),
+        }
+        #: The flows this process can play, by name (a run names its flow; see `start_flow`).
+        self.flows: dict[str, Flow] = dict(flows or {})
         self.default_provider = default_provider
         self.rate_limiter = rate_limiter or MemoryRateLimiter()
         self.redact = redactor or Redactor()
@@ -157,6 +172,8 @@ class Runtime:
         provider: Provider | str | None = None,
         provider_options: dict[str, Any] | None = None,
         max_steps: int = 10,
+        key: str | None = None,
+        dry_run: bool = False,
     ) -> RunInfo:
         """Create a run and drive it until it finishes or waits for an approval."""
         if provider is None or isinstance(provider, str):
@@ -170,8 +187,65 @@ class Runtime:
             provider=name,
             provider_options=provider_options,
             max_steps=max_steps,
+            key=key,
+            dry_run=dry_run,
         )
         return await self.drive(run_id, provider=instance)
+
+    async def start_flow(
+        self,
+        name: str,
+        input: Mapping[str, Any] | None = None,
+        principal: Principal | None = None,
+        *,
+        key: str | None = None,
+        dry_run: bool = False,
+    ) -> RunInfo:
+        """Play the flow `name` as a run and drive it until it finishes or waits."""
+        run_id = await self.create_flow_run(name, input, principal, key=key, dry_run=dry_run)
+        return await self.drive(run_id)
+
+    async def create_flow_run(
+        self,
+        name: str,
+        input: Mapping[str, Any] | None = None,
+        principal: Principal | None = None,
+        *,
+        key: str | None = None,
+        dry_run: bool = False,
+    ) -> str:
+        """Store a run of the flow `name`: its tools are the allowlist, its steps the budget.
+
+        With a `key` (a trigger's event id, a client's Idempotency-Key) the flow runs at most
+        once: a second call with the same key answers the first run's id.
+        """
+        flow = self.flows.get(name)
+        if flow is None:
+            raise LookupError(f"no flow named {name!r}")
+        if principal is None:
+            raise ValueError("a flow run needs a principal")
+        if flow.needs_model and (
+            self.default_provider is None or self.default_provider not in self.providers
+        ):
+            raise NoProvider(
+                f"flow {name!r} has agent steps and no language model is configured: set "
+                "AIASSIST_AGENT_PROVIDER (see docs/agent.md)"
+            )
+        data = _jsonable(dict(input or {}))
+        shown = json.dumps(data, ensure_ascii=False, sort_keys=True)
+        if len(shown) > _MAX_FLOW_INPUT_CHARS:
+            raise ValueError(f"a flow's input is at most {_MAX_FLOW_INPUT_CHARS} characters")
+        return await self.create(
+            f"flow {name}: {shown[:2000]}",
+            principal=principal,
+            tools=flow.tools,
+            provider="flow",
+            provider_options={"flow": name, "input": data, "dry_run": dry_run},
+            max_steps=flow.max_turns,
+            key=key,
+            dry_run=dry_run,
+            flow=name,
+        )
 
     async def create(
         self,
@@ -182,10 +256,15 @@ class Runtime:
         provider: str | None = None,
         provider_options: dict[str, Any] | None = None,
         max_steps: int = 10,
+        key: str | None = None,
+        dry_run: bool = False,
+        flow: str | None = None,
     ) -> str:
         """Store a new run; `NoProvider` if no model is named or configured for it.
 
-        The allowlist is fixed here, once: the policy checks every call against it.
+        The allowlist is fixed here, once: the policy checks every call against it. A `key`
+        maps to one run: with a key already used, the existing run's id is the answer.
+        In a `dry_run`, reads run and writes are simulated (see `_execute`).
         """
         name = provider or self.default_provider
         if name is None:
@@ -202,6 +281,8 @@ class Runtime:
             raise ValueError("max_steps is between 1 and 1000")
         if len(principal.key_id) > 100:
             raise ValueError("a principal's id is at most 100 characters")
+        if key is not None and not 1 <= len(key) <= _MAX_KEY_CHARS:
+            raise ValueError(f"an idempotency key is 1 to {_MAX_KEY_CHARS} characters")
         try:
             allowed = list(self.tools.only(tools))
         except KeyError as exc:
@@ -212,7 +293,11 @@ class Runtime:
         run_id = uuid.uuid4().hex
         now = utcnow()
 
-        def work(unit: Unit) -> None:
+        def work(unit: Unit) -> str:
+            if key is not None:  # one run per key; a racing twin loses on the unique column
+                existing = unit.session.scalar(select(AgentRun.id).where(AgentRun.key == key))
+                if existing is not None:
+                    return existing
             unit.session.add(
                 AgentRun(
                     id=run_id,
@@ -230,6 +315,9 @@ class Runtime:
                     input_tokens=0,
                     output_tokens=0,
                     cost=0.0,
+                    key=key,
+                    flow=flow,
+                    dry_run=dry_run,
                 )
             )
             unit.session.flush()
@@ -246,11 +334,14 @@ class Runtime:
                     "provider": name,
                     "max_steps": max_steps,
                     "principal": principal.key_id,
+                    "key": key,
+                    "flow": flow,
+                    "dry_run": dry_run,
                 },
             )
+            return run_id
 
-        await self._db(self.store.unit, work, actor=principal.key_id)
-        return run_id
+        return await self._db(self.store.unit, work, actor=principal.key_id)
 
     async def drive(self, run_id: str, *, provider: Provider | None = None) -> RunInfo:
         """Advance a run until it finishes or waits; any process may call this, any time.
@@ -290,6 +381,22 @@ class Runtime:
 
     async def info(self, run_id: str) -> RunInfo:
         return await self._db(self.store.info, run_id)
+
+    def _flow_model(self, options: dict[str, Any]) -> Provider:
+        """The "flow" provider: the run's flow, played from its stored name and input."""
+        name = options.get("flow")
+        flow = self.flows.get(name) if isinstance(name, str) else None
+        if flow is None:
+            raise ValueError(f"no flow named {name!r} is loaded here")
+        model = None
+        if flow.needs_model:
+            factory = self.providers.get(self.default_provider or "")
+            if factory is None:
+                raise ValueError(f"flow {name!r} has agent steps: no language model configured")
+            model = factory({})
+        return FlowModel(
+            flow, options.get("input") or {}, model, dry_run=bool(options.get("dry_run"))
+        )
 
     async def approvals(
         self, status: str | None = "pending", limit: int = 100
@@ -487,11 +594,18 @@ class Runtime:
             try:
                 arguments = tool.check(call.arguments)
             except ToolError as exc:
-                await self._settle_new(
-                    state, step, call, tool, verdict, CallStatus.FAILED, exc.as_result()
-                )
+                status, result = CallStatus.FAILED, exc.as_result()
+                if state.run.dry_run and DRY_RUN_PLACEHOLDER in json.dumps(call.arguments):
+                    status = CallStatus.SUCCEEDED  # a flow's dry run: shown, not checkable
+                    result = {
+                        "dry_run": True,
+                        "tool": tool.name,
+                        "arguments": call.arguments,
+                        "unchecked": "depends on values only a real run has: " + exc.message,
+                    }
+                await self._settle_new(state, step, call, tool, verdict, status, result)
                 return True
-            if verdict.action is Action.APPROVE:
+            if verdict.action is Action.APPROVE and not state.run.dry_run:
                 await self._request_approval(state, step, call, tool, arguments, verdict)
                 return False
             return await self._execute(
@@ -566,19 +680,27 @@ class Runtime:
                 self._write_intent, state, step, call_id, tool, arguments, verdict, key
             )
             state.calls[call_id] = record
+        dry_run = bool(state.run.dry_run)
         context = ToolContext(
             run_id=state.run.id,
             call_id=call_id,
             idempotency_key=key,
             principal=state.run.principal,
+            dry_run=dry_run,
             resumed=resumed,
         )
         started = time.perf_counter()
         ok = False
         try:
-            with anyio.fail_after(self.tool_timeout):
-                raw = await tool.call(arguments, context)
+            if dry_run and tool.risk is not Risk.READ and tool.source not in DRY_RUN_AWARE_SOURCES:
+                raw: Any = {"dry_run": True, "tool": tool.name, "arguments": arguments}
+            else:
+                with anyio.fail_after(self.tool_timeout):
+                    raw = await tool.call(arguments, context)
             result = _jsonable(raw)
+            if dry_run and verdict.action is Action.APPROVE:  # what a real run would wait for
+                result = {"result": result} if not isinstance(result, dict) else result
+                result = {**result, "would_need_approval": verdict.reason}
             ok = True
         except ToolError as exc:
             result = exc.as_result()
@@ -918,6 +1040,11 @@ class Runtime:
         run.status = status
         if self.metrics is not None:
             self.metrics.agent_runs.labels(status.value).inc()
+            if run.flow is not None and not run.dry_run:  # a flow's ROI counts real runs only
+                self.metrics.flow_runs.labels(run.flow, status.value).inc()
+                flow = self.flows.get(run.flow)
+                if status is RunStatus.SUCCEEDED and flow is not None and flow.minutes_saved:
+                    self.metrics.flow_minutes_saved.labels(run.flow).inc(flow.minutes_saved)
 
     async def _db(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         if not self.db_in_thread:

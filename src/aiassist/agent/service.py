@@ -3,7 +3,8 @@
 Tools come from a `ToolSet` handed to `create_app` or from `AIASSIST_AGENT_TOOLS`
 ("package.module:name", a ToolSet or a function returning one); the policy from
 `AIASSIST_AGENT_POLICY`; the language model from `AIASSIST_AGENT_PROVIDER` (see
-`aiassist.agent.providers.provider_from_settings`).
+`aiassist.agent.providers.provider_from_settings`); the flows a run may play from
+`AIASSIST_FLOWS_DIR` (a bad flow file stops the start-up, naming its line).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from aiassist.agent.flows import load_flows
 from aiassist.agent.policy import Policy
 from aiassist.agent.providers import provider_from_settings
 from aiassist.agent.ratelimit import rate_limiter
@@ -65,10 +67,19 @@ def _provider(settings: Settings) -> tuple[str | None, dict[str, ProviderFactory
 
 def secret_values(settings: Settings) -> list[str]:
     """Values to keep out of logs, audit and prompts: the service's own API key and every
-    environment variable whose name says it holds a secret (OPENAI_API_KEY, CRM_TOKEN...)."""
-    values = [v for k, v in os.environ.items() if _SECRET_ENV.search(k) and v]
+    environment variable whose name says it holds a secret (OPENAI_API_KEY, CRM_TOKEN...),
+    and the webhooks' secrets."""
+    values = [
+        v
+        for k, v in os.environ.items()
+        if v and (_SECRET_ENV.search(k) or k.startswith("AIASSIST_WEBHOOK_SECRET_"))
+    ]
     if settings.api_key is not None:
         values.append(settings.api_key.get_secret_value())
+    if settings.webhook_secrets_file is not None:  # the flows' webhook secrets
+        from aiassist.agent.automation import webhook_secrets
+
+        values += [s.get_secret_value() for s in webhook_secrets(settings).values()]
     return values
 
 
@@ -92,6 +103,8 @@ def build_runtime(
         redactor=Redactor(secret_values(settings)),
         tool_timeout=settings.agent_tool_timeout_seconds,
         rate_limit_wait=settings.agent_rate_limit_wait_seconds,
-        lease_seconds=max(300.0, settings.agent_tool_timeout_seconds * 2),
+        lease_seconds=settings.agent_lease_seconds
+        or max(300.0, settings.agent_tool_timeout_seconds * 2),
         metrics=metrics,
+        flows=load_flows(settings.flows_dir) if settings.flows_dir is not None else None,
     )

@@ -7,6 +7,7 @@ decision recorder and closes them (draining buffered decisions) on shutdown.
 from __future__ import annotations
 
 import gc
+import importlib
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -38,6 +39,7 @@ from aiassist.server.routers.decisions import (
     unknown_module_router,
 )
 from aiassist.server.routers.drift import drift_router
+from aiassist.server.routers.flows import flows_router
 from aiassist.server.routers.models import models_router
 from aiassist.server.routers.priority import priority_router
 from aiassist.settings import Settings, load_settings
@@ -179,6 +181,9 @@ def create_app(settings: Settings | None = None, *, agent_tools: ToolSet | None 
     app.include_router(priority_router())
     app.include_router(drift_router())
     app.include_router(agent_router(agent_tools))
+    app.include_router(flows_router(settings))  # after the agent's: it uses its runtime
+    if settings.mcp_http:  # the agent's tools for MCP clients at /mcp, under the same policy
+        app.include_router(importlib.import_module("aiassist.agent.mcp_server").mcp_router())
     app.include_router(unknown_module_router())
     return app
 

@@ -8,6 +8,7 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     DateTime,
     Float,
     ForeignKey,
@@ -16,6 +17,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -139,6 +141,11 @@ class AgentRun(Base):
     error: Mapped[str | None] = mapped_column(Text)
     lease_owner: Mapped[str | None] = mapped_column(String(64))
     lease_until: Mapped[datetime | None]
+    # automation (0004): the idempotency key a trigger or client gave (one run per key), the
+    # flow the run plays, and whether its writes are only simulated
+    key: Mapped[str | None] = mapped_column(String(200), unique=True)
+    flow: Mapped[str | None] = mapped_column(String(64), index=True)
+    dry_run: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
 
 class AgentMessage(Base):

@@ -46,17 +46,21 @@ def webhook_router(
     hooks: Iterable[Webhook],
     start: Starter,
     *,
-    audit: AuditLog | None = None,
+    audit: AuditLog | Callable[[], AuditLog | None] | None = None,
     clock: Callable[[], float] = time.time,
 ) -> APIRouter:
-    """`POST /v1/hooks/{name}`: public, but only a correctly signed request starts anything."""
+    """`POST /v1/hooks/{name}`: public, but only a correctly signed request starts anything.
+
+    `audit` may be a function giving the log, for an app whose database opens at start-up.
+    """
     by_name = {h.name: h for h in hooks}
     router = APIRouter(tags=["triggers"])
 
     async def record(kind: str, name: str, data: dict[str, Any]) -> None:
-        if audit is not None:
+        log_ = audit() if callable(audit) else audit
+        if log_ is not None:
             await anyio.to_thread.run_sync(
-                lambda: audit.append(kind, f"webhook/{name}", actor="webhook", data=data)
+                lambda: log_.append(kind, f"webhook/{name}", actor="webhook", data=data)
             )
 
     async def refuse(name: str, reason: str, request: Request) -> HTTPException:
