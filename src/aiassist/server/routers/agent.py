@@ -21,6 +21,12 @@ from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, ConfigDict, Field
 
 from aiassist.agent.approvals import ApprovalConflict
+from aiassist.agent.executor import (
+    Executor,
+    executor_from_settings,
+    submit_orphaned,
+    wait_settled,
+)
 from aiassist.agent.runs import ApprovalInfo, RunInfo, RunNotFound
 from aiassist.agent.runtime import NoProvider, Runtime
 from aiassist.agent.service import build_runtime
@@ -56,6 +62,11 @@ class RunRequest(BaseModel):
         "{'tool_calls': [{'name': ..., 'arguments': {...}}]}.",
     )
     max_steps: int = Field(10, ge=1, le=1000, description="Most model turns the run may take.")
+    dry_run: bool = Field(
+        False,
+        description="Run reads, simulate writes, request no approvals: the run's calls show "
+        "exactly what a real run would do.",
+    )
     wait_seconds: float = _WAIT
 
 
@@ -78,6 +89,7 @@ class Decided(BaseModel):
 @dataclass
 class _Agent:
     runtime: Runtime
+    executor: Executor | None = None  # None: runs are driven here, on this loop
     tasks: set[asyncio.Task[Any]] = field(default_factory=set)
 
     def spawn(self, work: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
@@ -98,6 +110,9 @@ def _agent(request: Request) -> _Agent:
 
 
 async def _settle(agent: _Agent, run_id: str, wait: float) -> RunInfo:
+    if agent.executor is not None:  # e.g. Celery workers drive it; follow it in the database
+        await agent.executor.submit(run_id)
+        return await wait_settled(agent.runtime, run_id, wait)
     task = agent.spawn(agent.runtime.drive(run_id))
     await asyncio.wait({task}, timeout=wait)
     return await agent.runtime.info(run_id)
@@ -110,8 +125,15 @@ def agent_router(tools: ToolSet | None = None) -> APIRouter:
         runtime = build_runtime(
             state.settings, make_sessionmaker(state.db), tools=tools, metrics=state.metrics
         )
-        agent = app.state.agent = _Agent(runtime)
-        agent.spawn(runtime.recover())  # runs whose process died go on here
+        settings = state.settings
+        executor = None
+        if settings.agent_executor != "inprocess":
+            executor = executor_from_settings(settings, runtime)
+        agent = app.state.agent = _Agent(runtime, executor)
+        if executor is None:
+            agent.spawn(runtime.recover())  # runs whose process died go on here
+        else:
+            agent.spawn(submit_orphaned(runtime, executor))  # ... or on the workers
         try:
             yield
         finally:
@@ -161,12 +183,34 @@ def agent_router(tools: ToolSet | None = None) -> APIRouter:
                 provider=provider,
                 provider_options=options,
                 max_steps=body.max_steps,
+                dry_run=body.dry_run,
             )
         except NoProvider as exc:
             raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
         except ValueError as exc:
             raise HTTPException(422, str(exc)) from None
         return await _settle(agent, run_id, body.wait_seconds)
+
+    @router.get("/v1/agent/runs", summary="Runs, newest first (an admin sees everyone's)")
+    async def runs(
+        request: Request,
+        run_status: Annotated[
+            Literal["running", "waiting_approval", "succeeded", "failed", "all"],
+            Query(alias="status"),
+        ] = "all",
+        flow: Annotated[str | None, Query(max_length=64)] = None,
+        limit: Annotated[int, Query(ge=1, le=500)] = 50,
+        offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
+        principal: Principal = Depends(runner),
+    ) -> list[RunInfo]:
+        return await run_in_threadpool(
+            _agent(request).runtime.store.runs,
+            status=None if run_status == "all" else run_status,
+            flow=flow,
+            principal=None if principal.allows("admin") else principal.key_id,
+            limit=limit,
+            offset=offset,
+        )
 
     @router.get("/v1/agent/runs/{run_id}", summary="A run: status, calls, usage and cost")
     async def show(
