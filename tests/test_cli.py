@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import smtplib
 import stat
 import subprocess
 import sys
 import time
+from email.message import EmailMessage
 from pathlib import Path
 
 import httpx
@@ -15,7 +17,7 @@ from typer.testing import CliRunner
 
 from aiassist.cli import app, settings_markdown
 
-from .conftest import free_port, wait_healthy
+from .conftest import free_port, wait_for, wait_healthy
 
 ROOT = Path(__file__).resolve().parent.parent
 runner = CliRunner()
@@ -93,7 +95,7 @@ def test_up_serves_on_sqlite_with_an_admin_key(tmp_path: Path) -> None:
     """What the README's run command ends in: `aiassist up` on the embedded default."""
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "aiassist", "up", "--port", str(port)],
+        [sys.executable, "-m", "aiassist", "up", "--port", str(port), "--no-demo"],
         env=os.environ | {"AIASSIST_DATA_DIR": str(tmp_path), "COLUMNS": "200"},
         stdout=subprocess.PIPE,
         text=True,
@@ -122,3 +124,44 @@ def test_up_serves_on_sqlite_with_an_admin_key(tmp_path: Path) -> None:
         out, _ = proc.communicate(timeout=60)
     assert f"{url}/docs" in out and f"{url}/healthz" in out
     assert key_file.read_text().strip() not in out  # the key is in the file, not the console
+
+
+def test_up_runs_the_example_backend_with_its_flows(tmp_path: Path) -> None:
+    """From a checkout, `aiassist up` also runs the order center, automated: mail to sales
+    becomes a lead and an intro email, through the backend's own API."""
+    port, backend, sink, inbound = (free_port() for _ in range(4))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "aiassist", "up", "--port", str(port), "--backend-port",
+         str(backend), "--mail-port", str(sink), "--inbound-mail-port", str(inbound)],
+        env={k: v for k, v in os.environ.items() if not k.startswith("AIASSIST_")}
+        | {"AIASSIST_DATA_DIR": str(tmp_path), "COLUMNS": "200"},
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_healthy(url, timeout=60, proc=proc)
+        message = EmailMessage()
+        message["From"] = "Zhang San <zhangsan@example.com>"
+        message["To"] = "sales@order-center.example"
+        message["Subject"] = "Product question"
+        message.set_content("I would like to learn about your product.")
+        with smtplib.SMTP("127.0.0.1", inbound, timeout=30) as smtp:
+            smtp.send_message(message)  # answered once the flow's run is recorded
+
+        def leads() -> list[tuple[str, bool]]:
+            found = httpx.get(f"http://127.0.0.1:{backend}/leads").json()
+            return [(lead["status"], lead["follow_up_at"] is not None) for lead in found]
+
+        wait_for(lambda: leads() == [("contacted", True)], 60, "the lead_intake flow")
+        [sent] = (tmp_path / "mail").glob("*.eml")
+        assert "To: zhangsan@example.com" in sent.read_text()
+        headers = {"authorization": f"Bearer {(tmp_path / 'admin.key').read_text().strip()}"}
+        flows = {f["name"]: f for f in httpx.get(f"{url}/v1/flows", headers=headers).json()}
+        assert set(flows) == {"lead_intake", "ticket_intake", "refund", "daily_report"}
+        assert flows["lead_intake"]["roi"]["succeeded"] == 1
+    finally:
+        proc.terminate()
+        out, _ = proc.communicate(timeout=60)
+    assert f"http://127.0.0.1:{backend}/docs" in out and f"smtp://127.0.0.1:{inbound}" in out

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import secrets
 import subprocess
 import sys
 import threading
@@ -36,6 +37,7 @@ app.add_typer(db_app, name="db")
 app.add_typer(models_app, name="models")
 app.add_typer(importlib.import_module("aiassist.drift.cli").app, name="drift")
 importlib.import_module("aiassist.agent.cli").register(app)
+app.add_typer(importlib.import_module("aiassist.agent.mcp_cli").app, name="mcp")
 
 console = Console()
 err = Console(stderr=True)
@@ -98,22 +100,43 @@ def _serve(settings: Settings, host: str, port: int, workers: int) -> None:
 def up(
     host: Annotated[str | None, typer.Option(help="Bind address [AIASSIST_HOST].")] = None,
     port: Annotated[int | None, typer.Option(help="Port [AIASSIST_PORT].")] = None,
+    demo: Annotated[
+        bool, typer.Option(help="From a checkout: run the example backend, automated.")
+    ] = True,
+    backend_port: Annotated[int, typer.Option(help="The example backend's port.")] = 8080,
+    mail_port: Annotated[int, typer.Option(help="The mail sink's SMTP port.")] = 8025,
+    inbound_mail_port: Annotated[int, typer.Option(help="Inbound SMTP for flows.")] = 2525,
 ) -> None:
-    """Start everything on this machine: migrate, make an admin key once, serve."""
+    """Start everything on this machine: migrate, make an admin key once, serve.
+
+    Run from a checkout, it also starts the example backend (examples/backend) with a mail
+    sink, and loads its API as agent tools and its flows with their triggers.
+    """
     from aiassist.store.db import upgrade
 
     settings = _settings()
     host, port = host or settings.host, port or settings.port
     upgrade(settings.resolved_database_url)
-    key_file = settings.data_dir / "admin.key"
-    if settings.auth and not key_file.exists():
-        keys, audit = _stores(settings)
-        new = keys.create("admin (aiassist up)", ["admin"])
-        _write_secret(key_file, new.token)
-        audit.append(
-            "key.created", new.principal.key_id, actor="cli:up", data={"scopes": ["admin"]}
-        )
+    _key_once(settings, settings.data_dir / "admin.key", "admin (aiassist up)", ["admin"])
     base = f"http://{host}:{port}"
+    running = None
+    if demo and _demo_available():
+        from aiassist.demo import DemoPorts, start_demo
+
+        backend_key = settings.data_dir / "backend.key"
+        _key_once(settings, backend_key, "example backend (aiassist up)", ["decide", "outcome"])
+        hooks = settings.data_dir / "webhook-secrets.yaml"
+        if not hooks.exists():
+            _write_secret(hooks, f"support: {secrets.token_urlsafe(32)}")
+        running = start_demo(
+            settings,
+            base,
+            DemoPorts(backend_port, mail_port, inbound_mail_port),
+            backend_key_file=backend_key,
+            webhook_secrets_file=hooks,
+            echo=console.print,
+            preexec_fn=_die_with_parent,
+        )
     out = Console(soft_wrap=True)  # URLs stay whole, whatever the terminal width
     out.print(
         f"[bold green]aiassist {__version__}[/bold green] on "
@@ -124,7 +147,15 @@ def up(
     out.print(f"  readiness     {base}/readyz")
     out.print(f"  metrics       {base}/metrics")
     if settings.auth:
+        key_file = settings.data_dir / "admin.key"
         out.print(f"  admin key     in {key_file} (send it as 'Authorization: Bearer <key>')")
+    if running is not None:
+        out.print(f"  backend       {running.backend_url}/docs (the example order center)")
+        out.print(f"  flows         {base}/v1/flows (examples/backend/flows)")
+        out.print(
+            f"  inbound mail  smtp://127.0.0.1:{inbound_mail_port}, to sales@order-center.example"
+        )
+        out.print(f"  sent mail     kept in {settings.data_dir / 'mail'}")
     daemon = _start_daemon()
     try:
         _serve(settings, host, port, settings.workers)
@@ -132,6 +163,30 @@ def up(
         if daemon is not None:
             daemon.terminate()
             daemon.wait(15)
+        if running is not None:
+            running.stop()
+
+
+def _demo_available() -> bool:
+    """A checkout (examples/ here) with the agent extra installed."""
+    from aiassist.demo import DEMO_APP
+
+    if not DEMO_APP.exists():
+        return False
+    if importlib.util.find_spec("aiosmtpd") is None or importlib.util.find_spec("jinja2") is None:
+        console.print("  demo          not started: `pip install aiassist[agent]` to run it")
+        return False
+    return True
+
+
+def _key_once(settings: Settings, path: Path, name: str, scopes: list[str]) -> None:
+    """Create a key into `path` unless it is there (auth off: nothing to create)."""
+    if not settings.auth or path.exists():
+        return
+    keys, audit = _stores(settings)
+    new = keys.create(name, scopes)
+    _write_secret(path, new.token)
+    audit.append("key.created", new.principal.key_id, actor="cli:up", data={"scopes": scopes})
 
 
 def _start_daemon() -> subprocess.Popen[bytes] | None:
