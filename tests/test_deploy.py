@@ -34,7 +34,9 @@ from .conftest import ServiceProcess, free_port, wait_healthy
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
 COMPOSE_FILE = DEPLOY / "docker-compose.yml"
-SERVICES = {"postgres", "redis", "migrate", "ai-service", "model-daemon", "backend", "mail"}
+SERVICES = {
+    "postgres", "redis", "migrate", "ai-service", "model-daemon", "agent-worker", "backend", "mail"
+}  # fmt: skip
 
 
 # --- the compose file ----------------------------------------------------------------------
@@ -159,6 +161,11 @@ def test_each_process_runs_its_command(config: dict[str, Any]) -> None:
     assert "aiassist db upgrade" in _command(services["migrate"])
     assert _command(services["ai-service"]).startswith("aiassist serve --host 0.0.0.0")
     assert _command(services["model-daemon"]) == "aiassist daemon"
+    assert _command(services["agent-worker"]).startswith(
+        "celery -A aiassist.integrations.celery_agent worker"
+    )
+    assert services["agent-worker"]["image"] == services["ai-service"]["image"]
+    assert _environment(services["ai-service"])["AIASSIST_AGENT_EXECUTOR"] == "celery"
     assert services["migrate"]["image"] == services["ai-service"]["image"]
     assert "train" in services["model-daemon"]["build"]["args"]["EXTRAS"].split(",")
     assert "train" not in services["ai-service"]["build"].get("args", {}).get("EXTRAS", "")
@@ -177,7 +184,7 @@ def test_build_targets_exist_in_the_dockerfile(config: dict[str, Any]) -> None:
         if "build" in service:
             assert f"AS {service['build']['target']}\n" in dockerfile, name
     assert "HEALTHCHECK" in dockerfile and "/healthz" in dockerfile
-    assert "ARG EXTRAS=server,postgres,redis\n" in dockerfile
+    assert "ARG EXTRAS=server,postgres,redis,agent,celery\n" in dockerfile  # never `train`
     assert "AIASSIST_DATA_DIR=/data" in dockerfile
     assert "USER aiassist" in dockerfile
     # torch only ever arrives through the package's `torch` extra, where it is pinned.
