@@ -19,6 +19,7 @@ import redis
 from celery import Celery
 
 from aiassist.integrations.celery import PrioritizedTask, configure_priority, task_headers
+from tests.celery_workers import worker_app
 
 REDIS_URL = os.environ.get("AIASSIST_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 
@@ -45,14 +46,7 @@ def _log(self: Any, log_key: str, name: str) -> None:
 
 
 def make_app(broker_url: str, queue: str) -> Celery:
-    app = Celery("aiassist_test", broker=broker_url, set_as_current=False)
-    app.conf.update(
-        task_default_queue=queue,
-        task_ignore_result=True,
-        broker_connection_retry_on_startup=True,
-        worker_hijack_root_logger=False,
-        worker_redirect_stdouts=False,
-    )
+    app = worker_app("aiassist_test", broker_url, queue)
     configure_priority(app)
 
     @app.task(name="aiassist_test.blocker", bind=True, shared=False)

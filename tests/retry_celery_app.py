@@ -16,19 +16,13 @@ from celery import Celery
 
 from aiassist.integrations.celery_retry import SmartRetryTask
 from aiassist.retry import Backoff, RetryableError
+from tests.celery_workers import worker_app
 
 REDIS_URL = os.environ.get("AIASSIST_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 
 
 def make_app(broker_url: str, queue: str) -> Celery:
-    app = Celery("aiassist_retry_test", broker=broker_url, set_as_current=False)
-    app.conf.update(
-        task_default_queue=queue,
-        task_ignore_result=True,
-        broker_connection_retry_on_startup=True,
-        worker_hijack_root_logger=False,
-        worker_redirect_stdouts=False,
-    )
+    app = worker_app("aiassist_retry_test", broker_url, queue)
 
     @app.task(
         name="aiassist_retry_test.call",

@@ -11,7 +11,6 @@ that taking over the run of a killed worker happens within the test.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import secrets
 import signal
@@ -22,10 +21,8 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import pytest
-import redis
 from celery import Celery
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
@@ -52,14 +49,9 @@ from aiassist.store.db import make_engine, make_sessionmaker
 from aiassist.store.models import AgentRun
 from tests.agent_backend import effects, serve_backend
 from tests.agent_celery_app import OrderDesk, backend, tools
+from tests.celery_workers import BROKERS, ROOT, delete_queue, reachable
 from tests.conftest import PG_ADMIN_URL, free_port, serving, wait_for
 
-ROOT = Path(__file__).resolve().parent.parent
-AMQP_URL = os.environ.get("AIASSIST_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672//")
-BROKERS = {
-    "rabbitmq": AMQP_URL,
-    "redis": os.environ.get("AIASSIST_TEST_REDIS_BROKER_URL", "redis://127.0.0.1:6379/0"),
-}
 TOOL_TIMEOUT, LEASE = 7.0, 8.0
 SALES = service_identity("sales-bot", ["agent:run"])
 OPS = service_identity("ops", ["agent:approve"])
@@ -75,15 +67,6 @@ steps:
     tool: send_email
     args: {to: "{{ input.email }}", subject: "Order {{ steps.order.order }}", body: Thanks!}
 """
-
-
-def _reachable(url: str) -> bool:
-    parts = urlsplit(url)
-    try:
-        with socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 0), 1):
-            return True
-    except OSError:
-        return False
 
 
 # --- the cluster: a database, a backend, a broker queue and two workers ----------------------
@@ -200,33 +183,13 @@ class Cluster:
         return found
 
 
-def _delete_queue(app: Celery, broker: str, queue: str) -> None:
-    if broker == "redis":
-        client = redis.Redis.from_url(BROKERS["redis"])
-        try:
-            keys = list(client.scan_iter(f"*{queue}*"))  # the lists and kombu's bindings
-            if keys:
-                client.delete(*keys)
-            for tag, entry in client.hgetall("unacked").items():  # the killed worker's
-                if json.loads(entry)[-1] == queue:  # [message, exchange, routing key]
-                    client.hdel("unacked", tag)
-                    client.zrem("unacked_index", tag)
-        finally:
-            client.close()
-        return
-    with app.connection_for_write() as conn:
-        channel = conn.channel()
-        channel.queue_delete(queue)
-        channel.exchange_delete(queue)
-
-
 @pytest.fixture(scope="module", params=["rabbitmq", "redis"])
 def cluster(
     request: pytest.FixtureRequest, database: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Cluster]:
     broker = str(request.param)
     broker_url = BROKERS[broker]
-    if not _reachable(broker_url):
+    if not reachable(broker_url):
         pytest.skip(f"{broker} is not reachable")
     queue = f"aiassist-agent-test-{secrets.token_hex(4)}"
     data_dir = tmp_path_factory.mktemp(f"agent-celery-{broker}")
@@ -262,7 +225,7 @@ def cluster(
             desk.gate.set()  # free any request still held
             cluster.stop()
             try:
-                _delete_queue(producer, broker, queue)
+                delete_queue(producer, broker, queue)
             finally:
                 producer.close()
 
@@ -475,8 +438,9 @@ async def test_executor_from_settings(tmp_path: Path, sqlite_url: str) -> None:
 
     with pytest.raises(SettingsError, match="AIASSIST_CELERY_BROKER_URL"):
         executor_from_settings(Settings(data_dir=tmp_path, agent_executor="celery"), runtime)
+    broker = BROKERS["rabbitmq"]
     settings = Settings(
-        data_dir=tmp_path, agent_executor="celery", celery_broker_url=AMQP_URL, agent_queue="q1"
+        data_dir=tmp_path, agent_executor="celery", celery_broker_url=broker, agent_queue="q1"
     )
     celery_executor = executor_from_settings(settings, runtime)
     assert isinstance(celery_executor, CeleryExecutor)

@@ -8,20 +8,16 @@ first. The worker records outcomes in local mode into a SQLite database the test
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import secrets
-import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import pytest
 import redis
@@ -44,14 +40,8 @@ from aiassist.settings import Settings
 from aiassist.store.db import upgrade
 from aiassist.store.models import DecisionRecord, OutcomeRecord
 from tests.celery_app import REDIS_URL, make_app
+from tests.celery_workers import BROKERS, delete_queue, reachable, start_worker, stop_worker
 from tests.conftest import wait_for
-
-ROOT = Path(__file__).resolve().parent.parent
-
-BROKERS = {
-    "rabbitmq": os.environ.get("AIASSIST_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672//"),
-    "redis": os.environ.get("AIASSIST_TEST_REDIS_BROKER_URL", "redis://127.0.0.1:6379/0"),
-}
 
 #: Three classes of task with clearly different needs. Their levels are computed when the
 #: test runs (the scoring evolves); the lowest and the highest must differ. The load is
@@ -76,15 +66,6 @@ def _classes() -> list[tuple[str, PriorityFeatures, int]]:
     return ranked
 
 
-def _reachable(url: str) -> bool:
-    parts = urlsplit(url)
-    try:
-        with socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 0), 1):
-            return True
-    except OSError:
-        return False
-
-
 @dataclass
 class Worker:
     broker: str
@@ -102,42 +83,13 @@ class Worker:
         return self.log_path.read_text(errors="replace")[-4000:]
 
 
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    """Warm shutdown of the worker, then kill whatever is left of its process group."""
-    try:
-        proc.terminate()
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        pass
-    finally:
-        with contextlib.suppress(ProcessLookupError):  # the group this test started
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(5)
-
-
-def _delete_queue(app: Celery, broker: str, queue: str) -> None:
-    if broker == "redis":
-        client = redis.Redis.from_url(BROKERS["redis"])
-        try:
-            keys = list(client.scan_iter(f"*{queue}*"))  # the lists and kombu's bindings
-            if keys:
-                client.delete(*keys)
-        finally:
-            client.close()
-        return
-    with app.connection_for_write() as conn:
-        channel = conn.channel()
-        channel.queue_delete(queue)
-        channel.exchange_delete(queue)
-
-
 @pytest.fixture(scope="module", params=["rabbitmq", "redis"])
 def worker(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Worker]:
     broker = str(request.param)
     url = BROKERS[broker]
-    if not _reachable(url) or not _reachable(REDIS_URL):
+    if not reachable(url) or not reachable(REDIS_URL):
         pytest.skip(f"{broker} or Redis not reachable")
     queue = f"aiassist-test-{broker}-{secrets.token_hex(4)}"
     data_dir = tmp_path_factory.mktemp(f"celery-{broker}")
@@ -152,28 +104,18 @@ def worker(
         "AIASSIST_DATA_DIR": str(data_dir),
         "AIASSIST_MODE": "local",
         "AIASSIST_RECORD_FLUSH_SECONDS": "0.05",
-        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
     }
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(
-            [
-                sys.executable, "-m", "celery", "-A", "tests.celery_app", "worker",
-                "--concurrency=1", "--pool=prefork", "-Q", queue, "--loglevel=WARNING",
-                "--without-gossip", "--without-mingle", "--without-heartbeat",
-                "-n", f"{queue}@%h",
-            ],
-            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
+    proc = start_worker("tests.celery_app", queue, env, log_path)
     # What PrioritizedTask scores with in this process (not the singleton: no stray files).
     producer = AIAssistService(Settings(data_dir=data_dir, record_flush_seconds=0.05))
     configure_priority(app, service=producer)
     try:
         yield Worker(broker, queue, app, data_dir, proc, log_path)
     finally:
-        _stop(proc)
+        stop_worker(proc)
         producer.close()
         try:
-            _delete_queue(app, broker, queue)
+            delete_queue(app, broker, queue)
         finally:
             app.close()
 

@@ -7,8 +7,6 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,9 +17,9 @@ from sqlalchemy import create_engine, select
 
 from aiassist.store.db import upgrade
 from aiassist.store.models import OutcomeRecord
+from tests.celery_workers import BROKERS, delete_queue, reachable, start_worker, stop_worker
 from tests.conftest import wait_for
 from tests.retry_celery_app import REDIS_URL, make_app
-from tests.test_celery_priority import BROKERS, _delete_queue, _reachable, _stop
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -29,7 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 @pytest.fixture(scope="module")
 def worker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Celery, Path]]:
     url = BROKERS["rabbitmq"]
-    if not _reachable(url) or not _reachable(REDIS_URL):
+    if not reachable(url) or not reachable(REDIS_URL):
         pytest.skip("RabbitMQ or Redis not reachable")
     queue = f"aiassist-retry-test-{secrets.token_hex(4)}"
     data_dir = tmp_path_factory.mktemp("celery-retry")
@@ -42,25 +40,14 @@ def worker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Celery, P
         "AIASSIST_DATA_DIR": str(data_dir),
         "AIASSIST_MODE": "local",
         "AIASSIST_RECORD_FLUSH_SECONDS": "0.05",
-        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
     }
-    log_path = data_dir / "worker.log"
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(
-            [
-                sys.executable, "-m", "celery", "-A", "tests.retry_celery_app", "worker",
-                "--concurrency=1", "--pool=solo", "-Q", queue, "--loglevel=WARNING",
-                "--without-gossip", "--without-mingle", "--without-heartbeat",
-                "-n", f"{queue}@%h",
-            ],
-            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
+    proc = start_worker("tests.retry_celery_app", queue, env, data_dir / "worker.log", pool="solo")
     try:
         yield app, data_dir
     finally:
-        _stop(proc)
+        stop_worker(proc)
         try:
-            _delete_queue(app, "rabbitmq", queue)
+            delete_queue(app, "rabbitmq", queue)
         finally:
             app.close()
 
