@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 from prometheus_client import CollectorRegistry
 
-from _common import machine_info, write_results
+from _common import machine_info, train_from_simulator, write_results
 from aiassist.engine import Engine
 from aiassist.metrics import Metrics
 from aiassist.modules.priority import PriorityModule, module
@@ -48,8 +48,7 @@ from aiassist.modules.priority.simulator import (
     summarize,
 )
 from aiassist.modules.priority.training import trainer
-from aiassist.registry.runtime import OnnxPredictor, load_checked
-from aiassist.registry.store import ModelRegistry
+from aiassist.registry.runtime import OnnxPredictor
 
 OUT = Path(__file__).parent / "results" / "priority.json"
 #: The scenario the goals are judged on, then two others to show how the result moves.
@@ -83,30 +82,9 @@ PACKAGES = ["aiassist", "numpy", "pydantic", "lightgbm", "onnxmltools", "onnxrun
 
 
 def train_model(rows: int, seed: int, workdir: Path) -> tuple[OnnxPredictor, dict[str, Any]]:
-    """Train with the module's trainer, publish, load through the serving checks."""
-    started = time.perf_counter()
-    data = trainer.synthetic(rows, seed)
-    synthetic_s = time.perf_counter() - started
-    exported = trainer.fit(data, seed)
-    fit_s = time.perf_counter() - started - synthetic_s
-    registry = ModelRegistry(workdir / "models")
-    manifest = exported.publish(registry, module)
-    predictor = load_checked(registry, module, manifest.version, latency_budget_us=5000)
-    # Held-out quality (1 - Brier) of the model's and the rule's P(miss), another seed.
-    held = trainer.synthetic(max(rows // 4, 2000), seed + 1000)
-    engine = serving(module, predictor)
-    model_q = trainer.quality(held.y, scores(engine.decide_many(module.name, held.features)))
-    rule_q = trainer.quality(held.y, scores([module.fallback(f) for f in held.features]))  # type: ignore[arg-type]
-    info = {
-        "rows": rows,
-        "seed": seed,
-        "synthetic_s": round(synthetic_s, 2),
-        "fit_s": round(fit_s, 2),
-        "heldout_rows": len(held),
-        "heldout_quality_model": round(model_q, 4),
-        "heldout_quality_fallback": round(rule_q, 4),
-    }
-    return predictor, info
+    """The bootstrap model; held-out quality is 1 - Brier of P(miss), model and rule."""
+    trained = train_from_simulator(module, trainer, rows, seed, workdir)
+    return trained.predictor, trained.info
 
 
 def scores(decisions: Sequence[Any]) -> np.ndarray:
@@ -272,7 +250,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"model: {rows} simulated rows, seed {args.train_seed}; synthetic "
           f"{training['synthetic_s']} s, fit+export {training['fit_s']} s; held-out 1-Brier "
           f"model {training['heldout_quality_model']} vs rule "
-          f"{training['heldout_quality_fallback']}")  # fmt: skip
+          f"{training['heldout_quality_rule']}")  # fmt: skip
     print(f"scoring: {asdict(module.scoring)}")
     results = {}
     for name, knobs in scenarios.items():

@@ -44,7 +44,7 @@ from typing import Any
 import numpy as np
 from prometheus_client import CollectorRegistry
 
-from _common import machine_info, write_results
+from _common import machine_info, train_from_simulator, write_results
 from aiassist.engine import Engine
 from aiassist.metrics import Metrics
 from aiassist.modules.retry import RetryDecision, RetryFeatures, module
@@ -61,8 +61,6 @@ from aiassist.modules.retry.simulator import (
     summarize,
 )
 from aiassist.modules.retry.training import trainer
-from aiassist.registry.runtime import load_checked
-from aiassist.registry.store import ModelRegistry
 from aiassist.retry.budget import RetryBudget
 from aiassist.retry.tracker import DownstreamTracker
 
@@ -87,35 +85,12 @@ PACKAGES = ["aiassist", "numpy", "lightgbm", "onnxmltools", "onnxruntime"]
 
 
 def train_engine(rows: int, seed: int, workdir: Path) -> tuple[Engine, dict[str, Any]]:
-    """Train with the module's trainer, publish, serve through the registry's checks."""
-    started = time.perf_counter()
-    data = trainer.synthetic(rows, seed)
-    synthetic_s = time.perf_counter() - started
-    exported = trainer.fit(data, seed)
-    fit_s = time.perf_counter() - started - synthetic_s
-    registry = ModelRegistry(workdir / "models")
-    manifest = exported.publish(registry, module)
-    predictor = load_checked(registry, module, manifest.version, latency_budget_us=5000)
-    engine = Engine([module], metrics=Metrics(CollectorRegistry()))
-    engine.load(module.name, predictor)
-    held = trainer.synthetic(max(rows // 4, 2000), seed + 1000)
-    model_p = np.array([trainer.score(d) for d in engine.decide_many(module.name, held.features)])
-    rule_p = np.array([trainer.score(module.fallback(f)) for f in held.features])  # type: ignore[arg-type]
-    chosen = model_p >= 0.7
-    info = {
-        "rows": rows,
-        "seed": seed,
-        "synthetic_s": round(synthetic_s, 2),
-        "fit_s": round(fit_s, 2),
-        "positive_share": round(float(data.y.mean()), 4),
-        "heldout_rows": len(held),
-        "heldout_quality_model": round(trainer.quality(held.y, model_p), 4),
-        "heldout_quality_rule": round(trainer.quality(held.y, rule_p), 4),
-        "heldout_success_where_p_ge_0_7": round(float(held.y[chosen].mean()), 4)
-        if chosen.any()
-        else None,
-    }
-    return engine, info
+    """The bootstrap model, and how often a retry it scores P >= 0.7 does succeed."""
+    trained = train_from_simulator(module, trainer, rows, seed, workdir)
+    chosen = trained.model_scores >= 0.7
+    success = float(trained.held.y[chosen].mean()) if chosen.any() else None
+    info = trained.info | {"heldout_success_where_p_ge_0_7": success and round(success, 4)}
+    return trained.engine, info
 
 
 def decision_latency(engine: Engine, world_features: list[RetryFeatures], n: int) -> dict[str, Any]:
