@@ -26,6 +26,8 @@ def test_the_tour_runs_as_written(tmp_path: Path) -> None:
     env = os.environ | {
         "AIASSIST_DATA_DIR": str(tmp_path / "data"),
         "AIASSIST_LOG_LEVEL": "warning",
+        # The bash snippets call `aiassist`: this interpreter's, whether or not it is on PATH.
+        "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
     }
     env.pop("AIASSIST_DATABASE_URL", None)
     port = free_port()

@@ -1,7 +1,8 @@
 """Automation: the flows of a deployment, the triggers that start them, and what they saved.
 
     automation = Automation.from_settings(settings, runtime)   # flows from AIASSIST_FLOWS_DIR
-    await automation.start()        # the cron loop; the SMTP listener if a flow takes mail
+    await automation.start()        # the cron loop; the SMTP listener if a flow takes mail;
+                                    # the waker of runs whose `wait` is over (`waits`)
     app.include_router(automation.webhook_router())
     ...
     await automation.aclose()
@@ -47,6 +48,7 @@ from aiassist.agent.triggers import (
     Webhook,
     webhook_router,
 )
+from aiassist.agent.waits import resume_due
 from aiassist.settings import Settings
 from aiassist.store.audit import AuditLog
 from aiassist.store.keys import Principal
@@ -230,9 +232,11 @@ class Automation:
         submit: Submit | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         settle_seconds: float = 3600.0,
+        wake_seconds: float = 5.0,
     ) -> None:
         """`submit` hands a run to an executor (`Executor.submit`, e.g. Celery workers);
-        without one, runs are driven in this process."""
+        without one, runs are driven in this process. Every `wake_seconds` the runs whose
+        `wait` step is over go on (when a flow has one)."""
         for flow in config.flows.values():
             unknown = [t for t in flow.tools if runtime.tools.get(t) is None]
             if unknown:
@@ -244,10 +248,12 @@ class Automation:
         self._audit = audit
         self._submit = submit
         self.settle_seconds = settle_seconds
+        self.wake_seconds = wake_seconds
         self.scheduler = CronScheduler(config.schedules, self.run_event, clock=clock)
         self.email = EmailTrigger(config.mailboxes, self._start_from_mail)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._cron: asyncio.Task[None] | None = None
+        self._waker: asyncio.Task[None] | None = None
         self._smtp: Any = None
         self._tasks: set[asyncio.Task[Any]] = set()
 
@@ -271,6 +277,8 @@ class Automation:
         self._loop = asyncio.get_running_loop()
         if self.scheduler.next_due() is not None:
             self._cron = asyncio.create_task(self.scheduler.run())
+        if any(flow.waits for flow in self.flows.values()):
+            self._waker = asyncio.create_task(self._wake())
         if self.config.smtp_listen is not None and self.email.routes:
             host, port = self.config.smtp_listen
             self._smtp = await anyio.to_thread.run_sync(self.email.serve, host, port)
@@ -280,11 +288,12 @@ class Automation:
         if self._smtp is not None:
             await anyio.to_thread.run_sync(self._smtp.stop)
             self._smtp = None
-        if self._cron is not None:
-            self._cron.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._cron
-            self._cron = None
+        for task in (self._cron, self._waker):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._cron = self._waker = None
         await self.scheduler.aclose()
         for task in list(self._tasks):
             task.cancel()
@@ -324,6 +333,22 @@ class Automation:
             await self._submit(run_id)
             return await wait_settled(self.runtime, run_id, self.settle_seconds)
         return await self.runtime.drive(run_id)
+
+    async def resume_due(self, now: datetime | None = None) -> list[str]:
+        """Go on with the runs whose `wait` is over at `now` (the runtime's clock by
+        default): each handed to the executor, or driven in a task of this process."""
+        return await resume_due(self.runtime, now, submit=self._submit or self._hand_over)
+
+    async def _hand_over(self, run_id: str) -> None:
+        self._spawn(run_id)
+
+    async def _wake(self) -> None:
+        while True:
+            try:
+                await self.resume_due()
+            except Exception:  # the database is away: try again at the next beat
+                log.exception("could not resume the flow runs whose wait is over")
+            await asyncio.sleep(self.wake_seconds)
 
     async def _start_from_mail(self, event: Event) -> dict[str, Any]:
         """Mail arrives on the listener's own thread: record the run there, so the sender

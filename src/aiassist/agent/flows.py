@@ -24,6 +24,10 @@ does not ask again.
 Arguments are Jinja templates rendered in a sandbox: a value that is one `{{ expression }}`
 keeps its type (a number stays a number); `when` and `for_each` are bare expressions.
 
+A `wait` step (`wait: 3d`, or `until: "{{ input.call_at }}"`) pauses the run: its deadline is
+fixed in the built-in call `flow.wait` the first time it is reached, and the runtime parks
+the run until then holding nothing (`aiassist.agent.waits`).
+
 A flow may say what starts it (`triggers:`): a cron schedule, a signed webhook, mail to an
 address; `aiassist.agent.automation` wires them. In a dry run a value that only a real write
 would have produced (the id of a lead not created) renders as a placeholder.
@@ -34,7 +38,8 @@ from __future__ import annotations
 import contextlib
 import json
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -64,6 +69,8 @@ from aiassist.agent.providers.base import (
 
 __all__ = [
     "DRY_RUN_PLACEHOLDER",
+    "MAX_WAIT",
+    "WAIT_CALL",
     "AgentStep",
     "Flow",
     "FlowError",
@@ -72,13 +79,18 @@ __all__ = [
     "OnEmail",
     "OnWebhook",
     "ToolStep",
+    "WaitStep",
     "load_flow",
     "load_flows",
+    "parse_duration",
     "parse_flow",
 ]
 
 _ID = r"^[A-Za-z_][A-Za-z0-9_]{0,63}$"
 _NOTES = "aiassist.flow"  # key of the flow's notes in the text of its turns
+#: The built-in call a `wait` step turns into: `{"step": id, "until": iso}`. Its name is not a
+#: valid tool name, so no tool can shadow it; the runtime settles it (`aiassist.agent.waits`).
+WAIT_CALL = "flow.wait"
 
 
 class FlowError(ValueError):
@@ -116,18 +128,70 @@ class AgentStep(_Step):
     output: dict[str, Literal["string", "number", "integer", "boolean"]] = Field(min_length=1)
 
 
+#: The longest a flow may pause: a wait past it is more likely a mistake than a plan.
+MAX_WAIT = timedelta(days=90)
+_DURATION = re.compile(r"^\s*(\d{1,7})\s*([smhd])\s*$")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> timedelta:
+    """`90s`, `15m`, `2h`, `3d` as a `timedelta`; `ValueError` if malformed or out of bounds."""
+    match = _DURATION.match(text)
+    if match is None:
+        raise ValueError(f"{text!r} is not a duration: a whole number and s, m, h or d (e.g. 3d)")
+    duration = timedelta(seconds=int(match[1]) * _UNITS[match[2]])
+    if not timedelta(0) < duration <= MAX_WAIT:
+        raise ValueError(f"a wait is more than 0 and at most {MAX_WAIT.days} days, not {text!r}")
+    return duration
+
+
+class WaitStep(_Step):
+    """Pause the run for `wait` (`90s`, `15m`, `2h`, `3d`) or until `until` (a template that
+    renders an ISO datetime). Nothing is held while it waits; the run goes on when due."""
+
+    wait: str | None = Field(None, max_length=20, description="How long: 90s, 15m, 2h, 3d.")
+    until: str | None = Field(None, max_length=2000, description="When: an ISO datetime.")
+
+    @field_validator("wait", mode="before")
+    @classmethod
+    def _valid_duration(cls, value: Any) -> Any:
+        if value is not None and not isinstance(value, str):
+            raise ValueError(f"{value!r} is not a duration: a number and a unit, e.g. 90s or 3d")
+        if value is not None:
+            parse_duration(value)
+        return value
+
+    @model_validator(mode="after")
+    def _one_of(self) -> WaitStep:
+        if (self.wait is None) == (self.until is None):
+            raise ValueError("a wait step has either `wait` (a duration) or `until` (a time)")
+        return self
+
+    @property
+    def duration(self) -> timedelta | None:
+        return parse_duration(self.wait) if self.wait is not None else None
+
+
 def _kind(step: Any) -> str | None:
     if isinstance(step, dict):
-        return "ToolStep" if "tool" in step else "AgentStep" if "agent" in step else None
+        if "tool" in step:
+            return "ToolStep"
+        if "agent" in step:
+            return "AgentStep"
+        return "WaitStep" if "wait" in step or "until" in step else None
     return type(step).__name__
 
 
 Step = Annotated[
-    Annotated[ToolStep, Tag("ToolStep")] | Annotated[AgentStep, Tag("AgentStep")],
+    Annotated[ToolStep, Tag("ToolStep")]
+    | Annotated[AgentStep, Tag("AgentStep")]
+    | Annotated[WaitStep, Tag("WaitStep")],
     Discriminator(
         _kind,
         custom_error_type="step_kind",
-        custom_error_message="a step needs either `tool` (a call) or `agent` (a question)",
+        custom_error_message=(
+            "a step needs `tool` (a call), `agent` (a question) or `wait`/`until` (a pause)"
+        ),
     ),
 ]
 
@@ -229,12 +293,17 @@ class Flow(BaseModel):
     @property
     def max_turns(self) -> int:
         """The step budget of a run: each tool step takes at most `attempts` turns (a loop's
-        items go together), and one more turn says the flow is done."""
-        return sum(s.attempts for s in self.steps if isinstance(s, ToolStep)) + 1
+        items go together), a wait one, and one more turn says the flow is done."""
+        tools = sum(s.attempts for s in self.steps if isinstance(s, ToolStep))
+        return tools + sum(isinstance(s, WaitStep) for s in self.steps) + 1
+
+    @property
+    def waits(self) -> bool:
+        return any(isinstance(s, WaitStep) for s in self.steps)
 
 
 # --- loading ----------------------------------------------------------------------------------
-_UNION_TAGS = ("ToolStep", "AgentStep", "OnCron", "OnWebhook", "OnEmail")
+_UNION_TAGS = ("ToolStep", "AgentStep", "WaitStep", "OnCron", "OnWebhook", "OnEmail")
 
 
 def parse_flow(text: str, source: str = "<flow>") -> Flow:
@@ -329,6 +398,8 @@ def _check_templates(flow: Flow, root: yaml.Node | None, source: str) -> None:
             if step.for_each:
                 expressions.append(("for_each", step.for_each))
             templates = [(f"args.{k}", v) for k, v in step.args.items()]
+        elif isinstance(step, WaitStep):
+            templates = [("until", step.until)] if step.until is not None else []
         else:
             templates = [("agent", step.agent)]
         for field, expression in expressions:
@@ -411,12 +482,15 @@ class FlowModel:
         model: Provider | None = None,
         *,
         dry_run: bool = False,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         if flow.needs_model and model is None:
             raise ProviderError(f"flow {flow.name!r} has agent steps: it needs a language model")
         self.flow = flow
         self.input = dict(input)
         self.model = model
+        self.dry_run = dry_run
+        self.clock = clock
         self.env = _DRY_ENV if dry_run else _ENV
         self.name = f"flow:{flow.name}"
         if model is not None:
@@ -439,6 +513,16 @@ class FlowModel:
                     notes[step.id], usage = answer, usage + used
                 context["steps"][step.id] = notes[step.id]
                 continue
+            if isinstance(step, WaitStep):
+                call_id = f"{step.id}~1"
+                if call_id not in results:  # reached now: the deadline is fixed in the call
+                    until = self._deadline(step, context)
+                    call = ToolCall(call_id, WAIT_CALL, {"step": step.id, "until": until})
+                    return ModelTurn(_notes(notes), (call,), usage, self.name)
+                if _is_error(results[call_id]):
+                    raise ProviderError(f"step {step.id!r}: {results[call_id]['error']}")
+                context["steps"][step.id] = results[call_id]
+                continue
             calls, outcome = self._tool_step(step, context, results)
             if calls:
                 return ModelTurn(_notes(notes), tuple(calls), usage, self.name)
@@ -452,6 +536,29 @@ class FlowModel:
             raise ProviderError(
                 f"step {step.id!r}: cannot evaluate {expression!r}: {exc}"
             ) from None
+
+    def _deadline(self, step: WaitStep, context: Mapping[str, Any]) -> str:
+        """When `step` ends, as ISO text in UTC: now plus its duration, or its `until`."""
+        now = _utc(self.clock())
+        if step.duration is not None:
+            return (now + step.duration).isoformat()
+        try:
+            value = _render(step.until, context, self.env)
+        except Exception as exc:
+            raise ProviderError(f"step {step.id!r}: until failed: {exc}") from None
+        if self.dry_run and DRY_RUN_PLACEHOLDER in str(value):
+            return str(value)  # a time only a real run would know
+        try:
+            when = _utc(value if isinstance(value, datetime) else datetime.fromisoformat(value))
+        except (TypeError, ValueError):
+            raise ProviderError(
+                f"step {step.id!r}: until is {str(value)[:100]!r}, not an ISO datetime"
+            ) from None
+        if when - now > MAX_WAIT:
+            raise ProviderError(
+                f"step {step.id!r}: until {when.isoformat()} is more than {MAX_WAIT.days} days away"
+            )
+        return when.isoformat()
 
     def _tool_step(
         self, step: ToolStep, context: Mapping[str, Any], results: Mapping[str, Any]
@@ -537,6 +644,13 @@ def _read(messages: Sequence[Message]) -> tuple[dict[str, Any], dict[str, Any]]:
 
 def _notes(notes: Mapping[str, Any], done: bool = False) -> str:
     return json.dumps({_NOTES: dict(notes), "done": done}, ensure_ascii=False)
+
+
+def _utc(moment: datetime) -> datetime:
+    """`moment` in UTC; a time without a zone is taken as UTC."""
+    if moment.tzinfo is None:
+        return moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC)
 
 
 def _is_error(result: Any) -> bool:

@@ -27,8 +27,9 @@ Delivery is at least once, and that is safe because driving is idempotent:
   idempotency keys, so a downstream that honours them does each side effect once.
 
 The task `aiassist.agent.recover` re-sends the runs nobody drives (their message was lost
-by the broker itself, or their worker failed to drive them): celery beat sends it every
-minute (`celery -A aiassist.integrations.celery_agent beat`, or a worker started with `-B`).
+by the broker itself, or their worker failed to drive them), and the flow runs whose `wait`
+step is over: celery beat sends it every minute (`celery -A aiassist.integrations.celery_agent
+beat`, or a worker started with `-B`).
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ from sqlalchemy.exc import DBAPIError
 from aiassist.agent.runs import RunNotFound, RunStatus
 from aiassist.agent.runtime import NoProvider, Runtime
 from aiassist.agent.service import build_runtime
+from aiassist.agent.waits import wake_due
 from aiassist.settings import Settings, SettingsError, load_settings
 from aiassist.store.db import make_engine, make_sessionmaker
 from aiassist.store.models import AgentRun
@@ -120,8 +122,9 @@ def make_app(settings: Settings) -> Celery:
     app.task(name=DRIVE_TASK, bind=True, shared=False, max_retries=None)(drive)
 
     def recover() -> int:
-        """Send a drive message for every running run nobody drives; how many were sent."""
-        orphans = driver.orphaned()
+        """Send a drive message for every running run nobody drives, and for every run
+        whose flow `wait` is over (woken here); how many were sent."""
+        orphans = driver.orphaned() + driver.due()
         for run_id in orphans:
             app.send_task(DRIVE_TASK, args=[run_id], ignore_result=True)
         return len(orphans)
@@ -203,6 +206,11 @@ class _Driver:
     def orphaned(self) -> list[str]:
         runtime, _ = self._started()
         return runtime.store.orphaned()
+
+    def due(self) -> list[str]:
+        """The runs whose wait is over, woken (see `aiassist.agent.waits`)."""
+        runtime, _ = self._started()
+        return wake_due(runtime.store, runtime.clock())
 
     def _lease_left(self, runtime: Runtime, run_id: str) -> float:
         """Seconds until another process's lease on the run ends (0 if it has ended)."""

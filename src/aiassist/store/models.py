@@ -146,6 +146,8 @@ class AgentRun(Base):
     key: Mapped[str | None] = mapped_column(String(200), unique=True)
     flow: Mapped[str | None] = mapped_column(String(64), index=True)
     dry_run: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # flow waits (0005): when a run paused by a `wait` step (status `waiting_until`) goes on
+    resume_at: Mapped[datetime | None] = mapped_column(index=True)
 
 
 class AgentMessage(Base):
