@@ -21,6 +21,7 @@ from aiassist.agent.runs import CallStatus, RunStatus
 from aiassist.agent.runtime import Runtime
 from aiassist.store.audit import AuditLog
 from aiassist.store.db import make_engine, make_sessionmaker
+from aiassist.store.keys import KeyStore
 from aiassist.store.models import AgentToolCall, AuditEvent
 from tests.agent_backend import INJECTION, crm_tools, effects, serve_backend
 from tests.conftest import free_port
@@ -182,6 +183,66 @@ async def test_delete_waits_for_approval_across_a_restart(
     assert lead_id not in effects_leads(backend)
     kinds = audit_kinds(sessions, run.id)
     assert "agent.approval.requested" in kinds and "agent.approval.approved" in kinds
+
+
+async def test_a_run_resumes_only_while_its_api_key_is_valid(
+    sessions: sessionmaker[Session], backend: str
+) -> None:
+    keys = KeyStore(sessions)
+    key = keys.create("crm-bot", ["agent:run"])
+    script = [{"tool_calls": [{"name": "delete_lead", "arguments": {"lead_id": "L-1"}}]}, "ok"]
+    first = runtime(sessions, backend, keys=keys)
+    run = await first.start(
+        "delete a lead",
+        principal=key.principal,
+        tools=["delete_lead"],
+        provider="test",
+        provider_options={"script": script},
+    )
+    assert run.status == RunStatus.WAITING_APPROVAL
+    assert keys.revoke(key.principal.key_id)  # revoked while the run waits for a person
+
+    deletes = effects(backend).get("delete", 0)
+    second = runtime(sessions, backend, keys=KeyStore(sessions))  # another process
+    done = await second.approve(
+        run.pending_approvals[0], by=service_identity("ops", ["agent:approve"])
+    )
+    assert done.status == RunStatus.FAILED
+    assert done.error is not None and "was revoked" in done.error
+    assert effects(backend).get("delete", 0) == deletes  # the tool was not called
+    kinds = audit_kinds(sessions, run.id)
+    assert kinds[-2:] == ["agent.run.principal_refused", "agent.run.finished"]
+    assert "agent.tool.started" not in kinds
+
+    # a key that still holds agent:run goes on; a service identity is not an API key
+    live = keys.create("other-bot", ["agent:run"])
+    for principal in (live.principal, SALES):
+        ok = await second.start(
+            "read",
+            principal=principal,
+            tools=["create_crm_lead"],
+            provider=TestModel([[call("create_crm_lead", **LEAD)]]),
+        )
+        assert ok.status == RunStatus.SUCCEEDED, ok.error
+
+
+async def test_the_call_provider_makes_one_given_call(
+    sessions: sessionmaker[Session], backend: str
+) -> None:
+    rt = runtime(sessions, backend)
+    run = await rt.start(
+        "one call",
+        principal=SALES,
+        tools=["create_crm_lead"],
+        provider="call",
+        provider_options={"tool": "create_crm_lead", "arguments": LEAD},
+    )
+    assert run.status == RunStatus.SUCCEEDED, run.error
+    assert run.provider == "call" and run.steps == 2 and run.cost == 0
+    assert [c.tool for c in run.calls] == ["create_crm_lead"]
+    assert run.calls[0].status == CallStatus.SUCCEEDED
+    with pytest.raises(ValueError, match='"call" provider'):
+        await rt.create("bad", principal=SALES, provider="call", provider_options={"tool": 1})
 
 
 def effects_leads(url: str) -> list[str]:

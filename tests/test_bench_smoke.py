@@ -68,6 +68,7 @@ def check_agent_overhead(result: dict[str, Any]) -> None:
         for kind in ("noop_read", "noop_write"):
             _latency(result[database][kind]["per_call"], "ms")
             _latency(result[database][kind]["per_model_turn"], "ms")
+            _latency(result[database][kind]["per_step"], "ms")
         assert result[database]["p99_ratio_to_audit_append"]["noop_write"] > 0
         assert result[database]["audit_events"] > 0
 

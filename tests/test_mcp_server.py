@@ -363,6 +363,7 @@ async def test_http_lists_calls_refuses_and_waits_for_approval(
 
     wait_for(finished, timeout=60, what="the approved run to finish")
     assert run["calls"][0]["result"] == {"deleted": "C-2"}
+    assert run["provider"] == "call"  # the one-call provider, not a model's name
     assert [e["customer_id"] for e in effects(effects_file) if e["kind"] == "delete"] == [
         "C-1",
         "C-2",

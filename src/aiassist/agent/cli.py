@@ -349,4 +349,4 @@ def flow_run(
         err.print(f"[red]{exc}[/red]")
         raise typer.Exit(2) from None
     _print(info)
-    raise typer.Exit(0 if info.status in ("succeeded", "waiting_approval") else 1)
+    raise typer.Exit(0 if info.status in ("succeeded", "waiting_approval", "waiting_until") else 1)

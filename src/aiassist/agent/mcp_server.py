@@ -1,10 +1,10 @@
 """The runtime's tools served over MCP (official `mcp` SDK): stdio and streamable HTTP.
 
 An MCP client is one more caller of the same tools, so it gets the same guard rails as an
-agent run: every `tools/call` *is* an agent run, of one call. The run is scripted (the test
-model plays "make this call, then stop"), so it is persisted, audited and resumable by any
-process exactly like any other run, under the caller's principal and an allowlist of that one
-tool. What the policy says is what the client gets:
+agent run: every `tools/call` *is* an agent run, of one call. The run's provider is "call"
+(`aiassist.agent.runtime.OneCall`: "make this call, then stop", no model), so it is
+persisted, audited and resumable by any process exactly like any other run, under the
+caller's principal and an allowlist of that one tool. What the policy says is what the client gets:
 
 - allowed → the tool's result;
 - denied (scopes, rules) → an `isError` result with the reason, and an audit event;
@@ -130,14 +130,13 @@ class MCPToolServer:
             return _error(f"unknown tool {name!r}: tools/list shows the tools served here")
         if len(json.dumps(arguments, default=str)) > _MAX_ARGUMENT_CHARS:
             return _error(f"the arguments are larger than {_MAX_ARGUMENT_CHARS} characters")
-        script = [{"tool_calls": [{"name": name, "arguments": arguments}]}, "done"]
         try:
             run_id = await self.runtime.create(
                 f"MCP tools/call {name}",
                 principal=principal,
                 tools=[name],
-                provider="test",
-                provider_options={"script": script},
+                provider="call",
+                provider_options={"tool": name, "arguments": arguments},
                 max_steps=2,
             )
         except ValueError as exc:

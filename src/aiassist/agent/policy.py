@@ -40,7 +40,16 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from aiassist.agent.tools import Risk, Tool
 from aiassist.store.keys import Principal
 
-__all__ = ["Action", "Condition", "Policy", "PolicyError", "Rule", "Verdict", "service_identity"]
+__all__ = [
+    "Action",
+    "Condition",
+    "Policy",
+    "PolicyError",
+    "Rule",
+    "Verdict",
+    "is_service_identity",
+    "service_identity",
+]
 
 _MISSING = object()
 _MAX_RULES = 1000
@@ -59,9 +68,17 @@ class Action(StrEnum):
 _STRICTNESS = {Action.ALLOW: 0, Action.APPROVE: 1, Action.DENY: 2}
 
 
+_SERVICE = "service:"  # API key ids are hex: no key can take this prefix
+
+
 def service_identity(name: str, scopes: Iterable[str]) -> Principal:
     """A principal for a service (a scheduler, a webhook) rather than an API key."""
-    return Principal(f"service:{name}", name, frozenset(scopes))
+    return Principal(f"{_SERVICE}{name}", name, frozenset(scopes))
+
+
+def is_service_identity(key_id: str) -> bool:
+    """True for a `service_identity`'s id: configured in the process, not an API key."""
+    return key_id.startswith(_SERVICE)
 
 
 Op = Literal["==", "!=", ">", ">=", "<", "<=", "in", "not_in", "matches"]

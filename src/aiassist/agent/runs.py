@@ -25,6 +25,7 @@ from sqlalchemy import func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.sql.base import Executable
+from sqlalchemy.sql.dml import Insert
 
 from aiassist.agent.providers.base import Message, ToolCall
 from aiassist.store.audit import append_events
@@ -56,6 +57,7 @@ _RETRIES = 30
 class RunStatus(StrEnum):
     RUNNING = "running"
     WAITING_APPROVAL = "waiting_approval"
+    WAITING_UNTIL = "waiting_until"  # a flow's wait step: parked until `resume_at`
     SUCCEEDED = "succeeded"
     FAILED = "failed"
 
@@ -120,6 +122,7 @@ class RunInfo(BaseModel):
     key: str | None = None
     flow: str | None = None
     dry_run: bool = False
+    resume_at: datetime | None = None  # when a run `waiting_until` goes on
     calls: list[CallInfo] = []
     pending_approvals: list[str] = []
 
@@ -162,6 +165,9 @@ class RunState:
     answered: set[str] = field(default_factory=set)  # call ids with a tool message
     shown: list[Message] = field(default_factory=list)  # the prompt so far, redacted
     leased_at: float = field(default_factory=time.monotonic)  # when the lease was renewed
+    #: writes that ride along with the run's next transaction (a model turn, see the runtime)
+    deferred: list[Callable[[Unit], None]] = field(default_factory=list)
+    specs: list[dict[str, Any]] | None = None  # the tool specs the model is shown, per run
 
     def pending(self) -> list[tuple[int, ToolCall]]:
         """The last model turn's calls that have no result in the conversation yet."""
@@ -181,6 +187,9 @@ def to_message(row: AgentMessage) -> Message:
 
 
 # --- the store -----------------------------------------------------------------------------
+_INSERTS: dict[type[Base], Insert] = {}
+
+
 class Unit:
     """One transaction of the runtime: state changes plus the audit events describing them."""
 
@@ -188,22 +197,58 @@ class Unit:
         self.session = session
         self.actor = actor
         self._events: list[tuple[str, str, dict[str, Any]]] = []
+        self._messages: list[dict[str, Any]] = []
 
     def insert(self, row: Base) -> None:
         """Insert `row` now, as a Core statement: the hot path skips the ORM's bookkeeping."""
-        table = row.__table__
-        values = {c.key: getattr(row, c.key) for c in table.columns}
-        self.session.connection().execute(
-            insert(type(row)), {k: v for k, v in values.items() if v is not None}
+        values = {c.key: getattr(row, c.key) for c in row.__table__.columns}
+        self.insert_values(type(row), {k: v for k, v in values.items() if v is not None})
+
+    def insert_values(self, model: type[Base], *rows: dict[str, Any]) -> None:
+        """Insert `rows` (column values) of `model` in one statement, defaults filled in."""
+        statement = _INSERTS.get(model)
+        if statement is None:
+            # inline: no RETURNING of the generated keys, nobody reads them
+            statement = _INSERTS[model] = insert(model).inline()
+        self.session.connection().execute(statement, list(rows) if len(rows) > 1 else rows[0])
+
+    def message(
+        self,
+        run_id: str,
+        seq: int,
+        role: str,
+        content: Any,
+        *,
+        tool_calls: list[dict[str, Any]] | None = None,
+        call_id: str | None = None,
+        model: str | None = None,
+        input_tokens: int = 0,
+        output_tokens: int = 0,
+    ) -> None:
+        """Add a message to the conversation; a unit's messages go in one statement."""
+        self._messages.append(
+            {
+                "run_id": run_id,
+                "seq": seq,
+                "role": role,
+                "content": content,
+                "tool_calls": tool_calls,
+                "call_id": call_id,
+                "model": model,
+                "input_tokens": input_tokens,
+                "output_tokens": output_tokens,
+            }
         )
 
-    def execute(self, statement: Executable) -> None:
-        self.session.connection().execute(statement)
+    def execute(self, statement: Executable, parameters: dict[str, Any] | None = None) -> None:
+        self.session.connection().execute(statement, parameters)
 
     def audit(self, kind: str, subject: str, data: dict[str, Any]) -> None:
         self._events.append((kind, subject, json.loads(json.dumps(data, default=str))))
 
-    def _flush_audit(self) -> None:
+    def _flush(self) -> None:
+        if self._messages:
+            self.insert_values(AgentMessage, *self._messages)
         append_events(self.session.connection(), self.actor, self._events)
 
 
@@ -221,7 +266,7 @@ class RunStore:
                 try:
                     unit = Unit(session, actor)
                     result = work(unit)
-                    unit._flush_audit()
+                    unit._flush()
                     session.commit()
                 except (IntegrityError, OperationalError):
                     session.rollback()

@@ -4,8 +4,10 @@
     run = await runtime.start("create a lead for ...", principal=p, tools=["create_crm_lead"],
                               provider=TestModel([...]))
 
-A run advances one step at a time and every step is a transaction (see `runs`), so a run
-survives its process: `drive(run_id)` in any process continues it from the database.
+A run advances one step at a time and every step is stored as it happens (see `runs`), so
+a run survives its process: `drive(run_id)` in any process continues it from the database.
+A model turn is stored in the same transaction as the first thing it leads to (its first
+call's intent or result, an approval request, the run's end): one commit a step, not two.
 
 - A call the policy denies never runs; the model is told why, as the call's result.
 - A call that needs approval pauses the run (`waiting_approval`) and the process lets go of
@@ -29,18 +31,20 @@ import socket
 import time
 import uuid
 import weakref
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from datetime import datetime
 from typing import Any, TypeVar
 
 import anyio
 import anyio.to_thread
 from pydantic import BaseModel
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from aiassist.agent import waits
 from aiassist.agent.approvals import decide_approval
 from aiassist.agent.flows import DRY_RUN_PLACEHOLDER, Flow, FlowModel
-from aiassist.agent.policy import Action, Policy, Verdict
+from aiassist.agent.policy import Action, Policy, Verdict, is_service_identity
 from aiassist.agent.providers.base import (
     Message,
     ModelTurn,
@@ -64,7 +68,7 @@ from aiassist.agent.runs import (
 )
 from aiassist.agent.tools import Risk, Tool, ToolContext, ToolError, ToolSet
 from aiassist.metrics import Metrics
-from aiassist.store.keys import Principal
+from aiassist.store.keys import KeyStore, Principal
 from aiassist.store.models import AgentApproval, AgentMessage, AgentRun, AgentToolCall, utcnow
 
 #: Tool sources that honour `ToolContext.dry_run` themselves (the OpenAPI source answers with
@@ -77,6 +81,7 @@ __all__ = [
     "DEFAULT_SYSTEM_PROMPT",
     "DRY_RUN_AWARE_SOURCES",
     "NoProvider",
+    "OneCall",
     "ProviderFactory",
     "Runtime",
 ]
@@ -94,6 +99,35 @@ DEFAULT_SYSTEM_PROMPT = (
     '"error" means the call failed; try again only if "retryable" is true.'
 )
 _MAX_RESULT_CHARS = 20_000
+# the hot path's statements, built once (bound parameters are prefixed: the bare column
+# names are SQLAlchemy's own in a SET clause)
+_STORE_TURN = (
+    update(AgentRun)
+    .where(AgentRun.id == bindparam("p_run"))
+    .values(
+        steps=bindparam("p_steps"),
+        input_tokens=AgentRun.input_tokens + bindparam("p_input"),
+        output_tokens=AgentRun.output_tokens + bindparam("p_output"),
+        cost=AgentRun.cost + bindparam("p_cost"),
+        updated_at=bindparam("p_now"),
+        lease_until=bindparam("p_lease"),
+    )
+)
+_RENEW_LEASE = (
+    update(AgentRun)
+    .where(AgentRun.id == bindparam("p_run"))
+    .values(updated_at=bindparam("p_now"), lease_until=bindparam("p_lease"))
+)
+_SETTLE_CALL = (
+    update(AgentToolCall)
+    .where(AgentToolCall.id == bindparam("p_id"))
+    .values(
+        status=bindparam("p_status"),
+        result=bindparam("p_result"),
+        finished_at=bindparam("p_now"),
+        duration_ms=bindparam("p_duration"),
+    )
+)
 _MAX_TASK_CHARS = 20_000
 _MODEL_RETRIES = 3
 
@@ -104,6 +138,38 @@ class NoProvider(LookupError):
 
 def _test_model(options: dict[str, Any]) -> Provider:
     return TestModel(script_from_json(options.get("script")))
+
+
+class OneCall:
+    """The "call" provider: no model, one given tool call, then the end of the run.
+
+    For callers that already know the call to make (an MCP `tools/call`): the call still
+    goes through the policy, approvals, intent record and audit like a model's would, and
+    the run shows provider "call" rather than a model's name. Options: `{"tool": name,
+    "arguments": {...}}`.
+    """
+
+    name = "call"
+    model = "call"
+    input_price_per_mtok = 0.0
+    output_price_per_mtok = 0.0
+
+    def __init__(self, tool: str, arguments: dict[str, Any]) -> None:
+        self.call = ToolCall("call_1", tool, arguments)
+
+    @classmethod
+    def from_options(cls, options: dict[str, Any]) -> OneCall:
+        tool, arguments = options.get("tool"), options.get("arguments", {})
+        if not isinstance(tool, str) or not tool or not isinstance(arguments, dict):
+            raise ValueError('the "call" provider takes {"tool": name, "arguments": {...}}')
+        return cls(tool, arguments)
+
+    async def complete(
+        self, messages: Sequence[Message], tools: Sequence[dict[str, Any]]
+    ) -> ModelTurn:
+        if any(m.role == "assistant" for m in messages):
+            return ModelTurn(text="done", model=self.model)
+        return ModelTurn(text=None, tool_calls=(self.call,), model=self.model)
 
 
 def _jsonable(value: Any) -> Any:
@@ -134,10 +200,16 @@ class Runtime:
         db_in_thread: bool = True,
         metrics: Metrics | None = None,
         flows: Mapping[str, Flow] | None = None,
+        keys: KeyStore | None = None,
+        clock: Callable[[], datetime] = utcnow,
     ) -> None:
         """`db_in_thread=False` runs database work on the event loop: right for a process
         that only drives runs (a worker, the CLI), where it saves two thread switches a
-        step; wrong in the service, whose loop also answers latency-sensitive requests."""
+        step; wrong in the service, whose loop also answers latency-sensitive requests.
+
+        With `keys`, a run started by an API key goes on only while that key is valid: each
+        time a run is driven (after an approval, a crash, a restart) its key is looked up
+        again, and a revoked key fails the run; a key that lost scopes narrows the run's."""
         if lease_seconds <= tool_timeout:
             raise ValueError("lease_seconds must exceed tool_timeout, or a slow call loses its run")
         self.store = RunStore(sessions)
@@ -145,6 +217,7 @@ class Runtime:
         self.policy = policy or Policy()
         self.providers: dict[str, ProviderFactory] = {
             "test": _test_model,
+            "call": OneCall.from_options,
             "flow": self._flow_model,
             **(providers or {}),
         }
@@ -159,6 +232,9 @@ class Runtime:
         self.system_prompt = system_prompt
         self.db_in_thread = db_in_thread
         self.metrics = metrics
+        self.keys = keys
+        #: The time flows' `wait` steps are measured by (tests move it instead of sleeping).
+        self.clock = clock
         self.owner = f"{socket.gethostname()[:30]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
 
@@ -290,6 +366,8 @@ class Runtime:
         options = dict(provider_options or {})
         if name == "test" and provider_options is not None:
             script_from_json(options.get("script"))  # refuse a bad script now, not mid-run
+        if name == "call":
+            OneCall.from_options(options)
         run_id = uuid.uuid4().hex
         now = utcnow()
 
@@ -379,6 +457,10 @@ class Runtime:
             resumed.append(run_id)
         return resumed
 
+    async def resume_due(self, now: datetime | None = None) -> list[str]:
+        """Drive on every run whose flow `wait` is over at `now` (see `waits`)."""
+        return await waits.resume_due(self, now)
+
     async def info(self, run_id: str) -> RunInfo:
         return await self._db(self.store.info, run_id)
 
@@ -395,7 +477,11 @@ class Runtime:
                 raise ValueError(f"flow {name!r} has agent steps: no language model configured")
             model = factory({})
         return FlowModel(
-            flow, options.get("input") or {}, model, dry_run=bool(options.get("dry_run"))
+            flow,
+            options.get("input") or {},
+            model,
+            dry_run=bool(options.get("dry_run")),
+            clock=self.clock,
         )
 
     async def approvals(
@@ -455,7 +541,9 @@ class Runtime:
                     f"run {run_id} cannot go on in this process: {exc} (a run started with a "
                     "provider object is resumed by passing it to drive())"
                 ) from None
-        principal = Principal(run.principal, run.principal, frozenset(run.scopes.split(",")))
+        principal = await self._principal(state)
+        if principal is None:
+            return
         allowed = frozenset(run.tools)
         while True:
             for step, call in state.pending():
@@ -475,10 +563,34 @@ class Runtime:
                 await self._finish(state, RunStatus.SUCCEEDED, output=turn.text or "")
                 return
 
+    async def _principal(self, state: RunState) -> Principal | None:
+        """The run's principal with the rights it has now: those it started with, narrowed
+        to what its API key still holds. None (and the run failed) if the key is gone."""
+        run = state.run
+        started = Principal(run.principal, run.principal, frozenset(run.scopes.split(",")))
+        if self.keys is None or is_service_identity(run.principal):
+            return started
+        current = await self._db(self.keys.principal, run.principal)
+        if current is None or not current.allows("agent:run"):
+            why = "was revoked" if current is None else "no longer holds the scope agent:run"
+            error = f"the run's API key {run.principal!r} {why}: the run cannot go on"
+            await self._finish(
+                state,
+                RunStatus.FAILED,
+                error=error,
+                event=("agent.run.principal_refused", {"principal": run.principal, "why": why}),
+            )
+            return None
+        wanted = started.scopes | current.scopes
+        scopes = frozenset(s for s in wanted if started.allows(s) and current.allows(s))
+        return Principal(run.principal, current.name, scopes)
+
     async def _model_turn(
         self, state: RunState, provider: Provider, allowed: frozenset[str]
     ) -> ModelTurn | None:
-        specs = [t.spec() for t in self.tools if t.name in allowed]
+        if state.specs is None:
+            state.specs = [t.spec() for t in self.tools if t.name in allowed]
+        specs = state.specs
         for attempt in range(_MODEL_RETRIES):
             try:
                 turn = await provider.complete(self._prompt(state), specs)
@@ -499,30 +611,31 @@ class Runtime:
         seq = len(state.messages)
         run_id = state.run.id
 
+        tool_calls = [{"id": c.id, "name": c.name, "arguments": c.arguments} for c in calls]
+
         def work(unit: Unit) -> None:
-            unit.insert(
-                AgentMessage(
-                    run_id=run_id,
-                    seq=seq,
-                    role="assistant",
-                    content=turn.text,
-                    tool_calls=[dataclasses.asdict(c) for c in calls],
-                    model=turn.model[:100] or provider.name,
-                    input_tokens=turn.usage.input_tokens,
-                    output_tokens=turn.usage.output_tokens,
-                )
+            now = utcnow()
+            unit.message(
+                run_id,
+                seq,
+                "assistant",
+                turn.text,
+                tool_calls=tool_calls,
+                model=turn.model[:100] or provider.name,
+                input_tokens=turn.usage.input_tokens,
+                output_tokens=turn.usage.output_tokens,
             )
             unit.execute(
-                update(AgentRun)
-                .where(AgentRun.id == run_id)
-                .values(
-                    steps=step,
-                    input_tokens=AgentRun.input_tokens + turn.usage.input_tokens,
-                    output_tokens=AgentRun.output_tokens + turn.usage.output_tokens,
-                    cost=AgentRun.cost + spent,
-                    updated_at=utcnow(),
-                    lease_until=utcnow() + _seconds(self.lease_seconds),
-                )
+                _STORE_TURN,
+                {
+                    "p_run": run_id,
+                    "p_steps": step,
+                    "p_input": turn.usage.input_tokens,
+                    "p_output": turn.usage.output_tokens,
+                    "p_cost": spent,
+                    "p_now": now,
+                    "p_lease": now + _seconds(self.lease_seconds),
+                },
             )
             unit.audit(
                 "agent.model.turn",
@@ -537,7 +650,10 @@ class Runtime:
                 },
             )
 
-        await self._db(self.store.unit, work, actor=state.run.principal)
+        # Stored with the run's next transaction (the call's intent or result, the approval,
+        # the end): one commit a step instead of two. A crash before it loses only this
+        # turn, which the resumed run asks the model for again; no call can have happened.
+        state.deferred.append(work)
         state.leased_at = time.monotonic()
         if self.metrics is not None:
             tokens = self.metrics.agent_tokens
@@ -571,6 +687,8 @@ class Runtime:
         allowed: frozenset[str],
     ) -> bool:
         """Settle one call the model asked for; False when the run must wait for a person."""
+        if waits.is_wait(state, call):  # a flow's wait step: settled, or the run parks
+            return await waits.settle(self, state, step, call)
         record = state.calls.get(call.id)
         if record is None:
             tool = self.tools.get(call.name) if call.name in allowed else None
@@ -826,10 +944,9 @@ class Runtime:
                     "idempotency_key": key,
                 },
             )
-            unit.session.flush()
             return row
 
-        return self.store.unit(work, actor=state.run.principal)
+        return self._unit(state, work)
 
     async def _settle_new(
         self,
@@ -870,7 +987,8 @@ class Runtime:
     ) -> None:
         seq = len(state.messages)
         subject = f"{state.run.id}/{record.call_id}"
-        redacted_arguments = self.redact(record.arguments)
+        # a new row's policy event shows the arguments; an intent's were shown when written
+        redacted_arguments = self.redact(record.arguments) if new else None
         renew = time.monotonic() - state.leased_at > self.lease_seconds / 4
         if renew:
             state.leased_at = time.monotonic()
@@ -892,24 +1010,24 @@ class Runtime:
                 )
             else:
                 unit.execute(
-                    update(AgentToolCall)
-                    .where(AgentToolCall.id == record.id)
-                    .values(status=status, result=result, finished_at=now, duration_ms=duration_ms)
+                    _SETTLE_CALL,
+                    {
+                        "p_id": record.id,
+                        "p_status": status,
+                        "p_result": result,
+                        "p_now": now,
+                        "p_duration": duration_ms,
+                    },
                 )
-            unit.insert(
-                AgentMessage(
-                    run_id=state.run.id,
-                    seq=seq,
-                    role="tool",
-                    content=result,
-                    call_id=record.call_id,
-                )
-            )
+            unit.message(state.run.id, seq, "tool", result, call_id=record.call_id)
             if renew:  # a long turn of many calls keeps its lease; a short one saves a write
                 unit.execute(
-                    update(AgentRun)
-                    .where(AgentRun.id == state.run.id)
-                    .values(updated_at=now, lease_until=now + _seconds(self.lease_seconds))
+                    _RENEW_LEASE,
+                    {
+                        "p_run": state.run.id,
+                        "p_now": now,
+                        "p_lease": now + _seconds(self.lease_seconds),
+                    },
                 )
             if status is not CallStatus.DENIED:
                 unit.audit(
@@ -923,7 +1041,7 @@ class Runtime:
                     },
                 )
 
-        self.store.unit(work, actor=state.run.principal)
+        self._unit(state, work)
         if self.metrics is not None:
             self.metrics.agent_tool_calls.labels(record.tool, status.value).inc()
         record.status = status
@@ -986,7 +1104,7 @@ class Runtime:
                 },
             )
 
-        await self._db(self.store.unit, work, actor=state.run.principal)
+        await self._db(self._unit, state, work)
         state.calls[call.id] = row
         if self.metrics is not None:
             self.metrics.agent_runs.labels(RunStatus.WAITING_APPROVAL.value).inc()
@@ -1007,10 +1125,14 @@ class Runtime:
         *,
         output: str | None = None,
         error: str | None = None,
+        event: tuple[str, dict[str, Any]] | None = None,
     ) -> None:
+        """End the run; `event`, an audit event (kind, data) to record with the ending."""
         run = state.run
 
         def work(unit: Unit) -> None:
+            if event is not None:
+                unit.audit(event[0], run.id, event[1])
             unit.session.execute(
                 update(AgentRun)
                 .where(AgentRun.id == run.id)
@@ -1036,7 +1158,7 @@ class Runtime:
                 },
             )
 
-        await self._db(self.store.unit, work, actor=run.principal)
+        await self._db(self._unit, state, work)
         run.status = status
         if self.metrics is not None:
             self.metrics.agent_runs.labels(status.value).inc()
@@ -1045,6 +1167,21 @@ class Runtime:
                 flow = self.flows.get(run.flow)
                 if status is RunStatus.SUCCEEDED and flow is not None and flow.minutes_saved:
                     self.metrics.flow_minutes_saved.labels(run.flow).inc(flow.minutes_saved)
+
+    def _unit(self, state: RunState, work: Callable[[Unit], T]) -> T:
+        """One transaction of the run: its deferred writes first, then `work`."""
+        deferred = list(state.deferred)
+        if not deferred:
+            return self.store.unit(work, actor=state.run.principal)
+
+        def all_work(unit: Unit) -> T:
+            for write in deferred:
+                write(unit)
+            return work(unit)
+
+        result = self.store.unit(all_work, actor=state.run.principal)
+        del state.deferred[: len(deferred)]
+        return result
 
     async def _db(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         if not self.db_in_thread:

@@ -25,6 +25,7 @@ from aiassist.agent.runtime import ProviderFactory, Runtime
 from aiassist.agent.tools import ToolSet
 from aiassist.metrics import Metrics
 from aiassist.settings import Settings
+from aiassist.store.keys import KeyStore
 
 __all__ = ["build_runtime", "load_object", "secret_values"]
 
@@ -107,4 +108,6 @@ def build_runtime(
         or max(300.0, settings.agent_tool_timeout_seconds * 2),
         metrics=metrics,
         flows=load_flows(settings.flows_dir) if settings.flows_dir is not None else None,
+        # runs resume only while their API key is valid (with auth off there are no keys)
+        keys=KeyStore(sessions, cache_seconds=0) if settings.auth else None,
     )

@@ -117,6 +117,16 @@ class KeyStore:
             return None
         return Principal(row.id, row.name, frozenset(row.scopes.split(",")))
 
+    def principal(self, key_id: str) -> Principal | None:
+        """The principal of the key `key_id` as it stands now (read from the database, not the
+        cache), or None if there is no such key or it was revoked. For work that outlives a
+        request, e.g. an agent run resuming: it goes on only with the key's current rights."""
+        with self._sessions() as session:
+            row = session.get(ApiKey, key_id)
+        if row is None or row.revoked_at is not None:
+            return None
+        return Principal(row.id, row.name, frozenset(row.scopes.split(",")))
+
     def _lookup(self, key_id: str) -> ApiKey | None:
         now = time.monotonic()
         cached = self._cache.get(key_id)

@@ -195,7 +195,7 @@ def agent_router(tools: ToolSet | None = None) -> APIRouter:
     async def runs(
         request: Request,
         run_status: Annotated[
-            Literal["running", "waiting_approval", "succeeded", "failed", "all"],
+            Literal["running", "waiting_approval", "waiting_until", "succeeded", "failed", "all"],
             Query(alias="status"),
         ] = "all",
         flow: Annotated[str | None, Query(max_length=64)] = None,
