@@ -156,11 +156,7 @@ class _Driver:
 
     def _build(self) -> tuple[Runtime, Engine]:
         engine = make_engine(self.settings.resolved_database_url)
-        runtime = build_runtime(self.settings, make_sessionmaker(engine))
-        if self.settings.flows_dir is not None and not runtime.flows:  # flow runs play these
-            from aiassist.agent.automation import load_flows
-
-            runtime.flows.update(load_flows(self.settings.flows_dir))
+        runtime = build_runtime(self.settings, make_sessionmaker(engine))  # flows included
         return runtime, engine
 
     def check(self) -> None:

@@ -101,13 +101,6 @@ def webhook_router(
         event = Event(hook.target, "webhook", payload, name, id=event_id)
         await record("webhook.accepted", name, {"event": event.id, "target": hook.target})
         result = await start(event)
-        return {"event": event.id, "target": hook.target, "result": _jsonable(result)}
+        return {"event": event.id, "target": hook.target, "result": result}  # FastAPI encodes it
 
     return router
-
-
-def _jsonable(value: Any) -> Any:
-    try:
-        return json.loads(json.dumps(value, default=str))
-    except (TypeError, ValueError):
-        return str(value)

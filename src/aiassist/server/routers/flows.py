@@ -22,7 +22,6 @@ from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, Path, Re
 from pydantic import BaseModel, ConfigDict, Field
 
 from aiassist.agent.automation import Automation, AutomationConfig, FlowReport
-from aiassist.agent.executor import executor_from_settings
 from aiassist.agent.flows import FlowError, parse_flow
 from aiassist.agent.runs import RunInfo
 from aiassist.agent.runtime import NoProvider
@@ -79,12 +78,10 @@ def flows_router(settings: Settings) -> APIRouter:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         holder["audit"] = app.state.aiassist.audit
-        runtime = app.state.agent.runtime
-        executor = None
-        if settings.agent_executor != "inprocess":  # e.g. Celery workers drive the runs
-            executor = executor_from_settings(settings, runtime)
+        agent = app.state.agent  # the agent router's runtime and executor, not a second pair
+        executor = agent.executor  # None: runs are driven here; else e.g. Celery workers
         automation = Automation(
-            runtime,
+            agent.runtime,
             config,
             audit=holder["audit"],
             submit=executor.submit if executor is not None else None,
