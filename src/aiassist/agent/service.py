@@ -12,11 +12,12 @@ from __future__ import annotations
 import importlib
 import os
 import re
+from collections.abc import Mapping
 from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from aiassist.agent.flows import load_flows
+from aiassist.agent.flows import Flow, load_flows
 from aiassist.agent.policy import Policy
 from aiassist.agent.providers import provider_from_settings
 from aiassist.agent.ratelimit import rate_limiter
@@ -90,8 +91,14 @@ def build_runtime(
     *,
     tools: ToolSet | None = None,
     metrics: Metrics | None = None,
+    flows: Mapping[str, Flow] | None = None,
 ) -> Runtime:
-    """The runtime for this process, configured by `settings` (see the module docstring)."""
+    """The runtime for this process, configured by `settings` (see the module docstring).
+
+    `flows` are the ones already loaded from `settings.flows_dir`, if the caller has them.
+    """
+    if flows is None and settings.flows_dir is not None:
+        flows = load_flows(settings.flows_dir)
     default, providers = _provider(settings)
     policy = Policy.load(settings.agent_policy) if settings.agent_policy else Policy()
     return Runtime(
@@ -107,7 +114,7 @@ def build_runtime(
         lease_seconds=settings.agent_lease_seconds
         or max(300.0, settings.agent_tool_timeout_seconds * 2),
         metrics=metrics,
-        flows=load_flows(settings.flows_dir) if settings.flows_dir is not None else None,
+        flows=flows,
         # runs resume only while their API key is valid (with auth off there are no keys)
         keys=KeyStore(sessions, cache_seconds=0) if settings.auth else None,
     )

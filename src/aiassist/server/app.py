@@ -23,6 +23,7 @@ from sqlalchemy import text
 from starlette.responses import Response
 
 from aiassist.__about__ import __version__
+from aiassist.agent.automation import AutomationConfig
 from aiassist.agent.tools import ToolSet
 from aiassist.engine import Engine
 from aiassist.metrics import Metrics
@@ -180,8 +181,9 @@ def create_app(settings: Settings | None = None, *, agent_tools: ToolSet | None 
     app.include_router(models_router())
     app.include_router(priority_router())
     app.include_router(drift_router())
-    app.include_router(agent_router(agent_tools))
-    app.include_router(flows_router(settings))  # after the agent's: it uses its runtime
+    automation = AutomationConfig.from_settings(settings)  # a bad flow file stops us here
+    app.include_router(agent_router(agent_tools, automation.flows))
+    app.include_router(flows_router(automation))  # after the agent's: it uses its runtime
     if settings.mcp_http:  # the agent's tools for MCP clients at /mcp, under the same policy
         app.include_router(importlib.import_module("aiassist.agent.mcp_server").mcp_router())
     app.include_router(unknown_module_router())

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Coroutine, Mapping
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
@@ -27,6 +27,7 @@ from aiassist.agent.executor import (
     submit_orphaned,
     wait_settled,
 )
+from aiassist.agent.flows import Flow
 from aiassist.agent.runs import ApprovalInfo, RunInfo, RunNotFound
 from aiassist.agent.runtime import NoProvider, Runtime
 from aiassist.agent.service import build_runtime
@@ -118,12 +119,18 @@ async def _settle(agent: _Agent, run_id: str, wait: float) -> RunInfo:
     return await agent.runtime.info(run_id)
 
 
-def agent_router(tools: ToolSet | None = None) -> APIRouter:
+def agent_router(
+    tools: ToolSet | None = None, flows: Mapping[str, Flow] | None = None
+) -> APIRouter:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         state = app.state.aiassist
         runtime = build_runtime(
-            state.settings, make_sessionmaker(state.db), tools=tools, metrics=state.metrics
+            state.settings,
+            make_sessionmaker(state.db),
+            tools=tools,
+            metrics=state.metrics,
+            flows=flows,
         )
         settings = state.settings
         executor = None

@@ -28,7 +28,6 @@ from aiassist.agent.runtime import NoProvider
 from aiassist.agent.triggers import Event, webhook_router
 from aiassist.server.auth import require
 from aiassist.server.routers.decisions import AUTH_RESPONSES
-from aiassist.settings import Settings
 from aiassist.store.audit import AuditLog
 from aiassist.store.keys import Principal
 
@@ -70,9 +69,9 @@ def _automation(request: Request) -> Automation:
     return automation
 
 
-def flows_router(settings: Settings) -> APIRouter:
-    """The flows of `settings.flows_dir` (read now: a bad file raises `FlowError` here)."""
-    config = AutomationConfig.from_settings(settings)
+def flows_router(config: AutomationConfig) -> APIRouter:
+    """The flows of `config` (`AutomationConfig.from_settings`, which raises `FlowError` on
+    a bad file), their triggers and their API."""
     holder: dict[str, Any] = {}
 
     @asynccontextmanager
