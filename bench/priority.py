@@ -8,15 +8,17 @@ The model is trained by the module's own trainer on simulator traffic of one see
 served through the registry's checks (`load_checked`) and an `Engine`; the evaluation
 traffic comes from other seeds (six per scenario), and every figure is given as the mean
 over them and the worst of them. The module's policy is the dispatcher's own `TaskQueue`
-(priority order plus rescue), with the scoring of the default settings. The generator is
-documented in `aiassist.modules.priority.simulator`; nothing here changes it. Classes, the
-same for every policy: high = business weight >= 3, low = business weight < 0.5 (the
-truth, not any policy's label); the level-9 column is the type static levels put first.
+(priority order, the rescue and its gap), with the scoring of the default settings. The
+generator is documented in `aiassist.modules.priority.simulator`; nothing here changes it.
+Classes, the same for every policy: high = business weight >= 3, low = business weight <
+0.5 (the truth, not any policy's label); the level-9 column is the type static levels put
+first.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import tempfile
 import time
 from collections.abc import Sequence
@@ -60,8 +62,9 @@ SCENARIOS = {
 #: On the main scenario, the model with one part of the scoring changed: what each part does.
 ABLATIONS = {
     "model, no rescue": {"rescue_s": 0.0},
+    "model, no rescue gap": {"rescue_gap_s": math.inf},
     "model, no weight head start": {"weight_s": 0.0},
-    "model, weight_s 3000": {"weight_s": 3000.0, "weight_cap_s": 10_800.0},
+    "model, weight_s 3000": {"weight_s": 3000.0, "weight_cap_s": 10_800.0, "rescue_gap_s": 3000.0},
 }
 COLUMNS = (
     ("high_mean_wait_s", "high mean wait s", "{:.1f}"),
@@ -169,11 +172,11 @@ def goals(result: dict[str, Any]) -> list[dict[str, Any]]:
     return [
         {
             "goal": "high class mean wait, static four levels / model",
-            "target": ">= 3x (mean over seeds)",
+            "target": ">= 3x on every seed",
             "measured": f"mean {ratio.mean():.2f}x, worst {ratio.min():.2f}x (seed "
             f"{seeds[int(ratio.argmin())]}); >= 3x on {int((ratio >= 3).sum())} of {n} seeds",
             "per_seed": [round(float(r), 3) for r in ratio],
-            "met": bool(ratio.mean() >= 3.0),
+            "met": bool((ratio >= 3.0).all()),
         },
         {
             "goal": "deadline misses, model vs EDF",

@@ -183,8 +183,9 @@ async def test_a_deadline_close_to_its_latest_start_is_rescued(
     async def task(label: str) -> None:
         started.append(label)
 
-    important = {"task_type": "vip", "business_weight": 50.0}  # no deadline, big head start
-    due = {"task_type": "due", "business_weight": 0.0, "deadline_in_s": 30.0}
+    # More weight (within the rescue gap) and time to spare: a higher rank than "due".
+    important = {"task_type": "vip", "business_weight": 8.0, "deadline_in_s": 300.0}
+    due = {"task_type": "due", "business_weight": 3.0, "deadline_in_s": 30.0}
     async with PriorityDispatcher(service, workers=1, rescue=rescue) as dispatcher:
         await dispatcher.submit(gate.wait)
         await asyncio.sleep(0.01)

@@ -118,6 +118,30 @@ def test_the_queue_orders_by_priority_and_rescues_a_deadline_it_can_still_keep()
         queue.pop(8.0)
 
 
+def test_the_rescue_takes_the_earliest_deadline_among_the_tasks_that_need_it() -> None:
+    queue: TaskQueue[str] = TaskQueue(rescue_s=60, bound_s=1000)
+    queue.push("routine", 0.0, boost_s=10, latest_start_s=None)
+    queue.push("long", 0.0, boost_s=0, latest_start_s=20, deadline_s=80)  # 60 s of work
+    queue.push("short", 0.0, boost_s=0, latest_start_s=45, deadline_s=50)
+    queue.push("later", 0.0, boost_s=0, latest_start_s=90, deadline_s=95)  # not due yet
+    # Both "long" and "short" must start within 60 s: the earlier deadline goes first.
+    assert [queue.pop(1.0), queue.pop(2.0)] == ["short", "long"] and queue.rescued == 2
+    assert [queue.pop(3.0), queue.pop(40.0)] == ["routine", "later"]
+
+
+def test_the_rescue_yields_to_a_task_far_more_important_than_the_one_it_saves() -> None:
+    queue: TaskQueue[str] = TaskQueue(rescue_s=60, bound_s=10_000, gap_s=1000)
+    queue.push("vip", 0.0, boost_s=2600, latest_start_s=None, weight_boost_s=2500)
+    queue.push("peer", 0.0, boost_s=1300, latest_start_s=None, weight_boost_s=1200)
+    queue.push("due", 0.0, boost_s=600, latest_start_s=30, weight_boost_s=500)
+    # 2500 - 500 > 1000: "vip" first; 1200 - 500 <= 1000: "due" is rescued before "peer".
+    assert [queue.pop(1.0), queue.pop(1.0), queue.pop(1.0)] == ["vip", "due", "peer"]
+    # The module's decisions carry the weight head start the gap compares.
+    d = decide(business_weight=3, deadline_in_s=600)
+    assert d.weight_boost_s == pytest.approx(module.scoring.weight_s * math.log(4))
+    assert module.scoring.rescue_gap_s == Settings().priority_rescue_gap_s == 1500
+
+
 def test_the_rescue_cannot_starve_a_task_that_waited_out_the_bound() -> None:
     queue: TaskQueue[str] = TaskQueue(rescue_s=100, bound_s=50)
     queue.push("old", 0.0, boost_s=0, latest_start_s=None)

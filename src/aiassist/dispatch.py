@@ -10,8 +10,10 @@ workers, their load) when the caller does not give them.
 Ordering (`priority.TaskQueue`, the same code the benchmark's simulator runs): a free worker
 takes the task with the smallest static key ``t - boost`` (`priority.order_key`: its head
 start over first come, first served, in seconds, capped at `horizon`), except that a task
-whose latest start is less than `rescue` seconds away goes first (the rescue), so that a
-deadline that can still be met is not lost to more important work with time to spare.
+whose latest start is less than `rescue` seconds away goes first (the rescue, earliest
+deadline first), so that a deadline that can still be met is not lost to more important
+work with time to spare, unless that work is far more important (its weight head start
+more than the `priority_rescue_gap_s` setting above the rescued task's).
 
 Starvation bound: a task submitted at t' is ahead of one submitted at t in the priority
 order only if t' - boost' < t - boost, so t' < t + horizon; and once the first task in that
@@ -102,8 +104,7 @@ class _JobQueue(asyncio.Queue[Job[Any]]):
         self._queue = self._order  # the base class's qsize() and repr read _queue
 
     def _put(self, item: Job[Any]) -> None:
-        decision = item.decision
-        self._order.push(item, item.enqueued_at, decision.boost_s, decision.latest_start_s)
+        self._order.push_decision(item, item.enqueued_at, item.decision, item.deadline_in_s)
 
     def _get(self) -> Job[Any]:
         return self._order.pop(asyncio.get_running_loop().time())
@@ -153,7 +154,11 @@ class PriorityDispatcher:
         self.when_full = when_full
         self.record_outcomes = record_outcomes
         self.name = name
-        self.order: TaskQueue[Job[Any]] = TaskQueue(rescue_s=self.rescue, bound_s=self.horizon)
+        self.order: TaskQueue[Job[Any]] = TaskQueue(
+            rescue_s=self.rescue,
+            bound_s=self.horizon,
+            gap_s=self.service.settings.priority_rescue_gap_s,
+        )
         self._queue = _JobQueue(max_queue, self.order)
         self._outcomes: asyncio.Queue[tuple[str, PriorityOutcome]] = asyncio.Queue(max_queue)
         self._busy = 0

@@ -160,7 +160,15 @@ class Settings(BaseSettings):
         ge=0,
         le=86_400,
         description="priority: a queued task whose latest start is this close (seconds) "
-        "runs before the priority order, so a deadline that can be met is not lost.",
+        "runs before the priority order, earliest deadline first, so a deadline that can be "
+        "met is not lost.",
+    )
+    priority_rescue_gap_s: float = Field(
+        1500.0,
+        ge=0,
+        le=30 * 86_400,
+        description="priority: the rescue does not overtake a task whose weight head start "
+        "is more than this (seconds) above the rescued task's.",
     )
 
     # --- the agent runtime -------------------------------------------------------------

@@ -19,9 +19,15 @@ settings):
   nothing is overtaken by work that arrives more than `max_boost_s` after it. `priority` is
   `(boost_s + age_s) / max_boost_s` (at most 1), and `broker_priority` its tenth.
 - **Rescue** (`TaskQueue`, used by the dispatcher and the simulator alike): a queued task
-  whose latest start is less than `rescue_s` away starts before the priority order, so a
-  deadline that can still be met is not lost to a more important task with time to spare;
-  the rescue never overtakes a task that has waited `max_boost_s`, so nothing starves.
+  whose latest start is less than `rescue_s` away starts before the priority order, the
+  earliest deadline first, so a deadline that can still be met is not lost to a more
+  important task with time to spare; the rescue never overtakes a task that has waited
+  `max_boost_s`, so nothing starves.
+- **Gap**: nor does the rescue overtake a task whose weight head start (`weight_boost_s`)
+  is more than `rescue_gap_s` above the rescued task's: with the default 1500 s (one
+  `weight_s`), a task whose 1 + weight is more than e (2.7) times the other's goes first. A
+  deadline is kept against work of comparable importance, not against work that matters
+  several times more.
 
 The rule fallback computes P(miss) from the slack left after the expected wait; a model
 (trained on the simulator in `simulator.py`, then on recorded outcomes) predicts it.
@@ -68,6 +74,7 @@ class Scoring:
     weight_cap_s: float = 5400.0
     risk_s: float = 60.0
     rescue_s: float = 120.0
+    rescue_gap_s: float = 1500.0
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Scoring:
@@ -77,6 +84,7 @@ class Scoring:
             weight_cap_s=settings.priority_weight_cap_s,
             risk_s=settings.priority_risk_s,
             rescue_s=settings.priority_rescue_s,
+            rescue_gap_s=settings.priority_rescue_gap_s,
         )
 
     @property
@@ -125,6 +133,12 @@ class PriorityDecision(Decision):
         ge=0,
         description="Head start over first come, first served, in seconds: ordering by "
         "enqueue time minus boost_s is ordering by priority as tasks age (see order_key).",
+    )
+    weight_boost_s: float = Field(
+        0.0,  # what an older service, which does not send it, means: no gap
+        ge=0,
+        description="The part of boost_s that business weight gives: a rescue does not "
+        "overtake a task whose weight_boost_s is much higher (see TaskQueue).",
     )
     broker_priority: int = Field(ge=0, le=9, description="The same, as a broker priority 0-9.")
     expected_wait_s: float = Field(ge=0, description="Expected wait before the task starts.")
@@ -259,6 +273,7 @@ class PriorityModule(Module[PriorityFeatures, PriorityDecision, PriorityOutcome]
             anomaly=anomaly,
             priority=priority,
             boost_s=boost,
+            weight_boost_s=weight,
             broker_priority=min(9, int(priority * 10)),
             expected_wait_s=expected_wait(f),
             p_miss=p_miss,

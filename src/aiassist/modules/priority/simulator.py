@@ -34,7 +34,8 @@ A policy is a queue: a task is pushed when it arrives, and a free worker pops th
 The baselines order by a key computed once, at enqueue (ties: first come), which is what a
 broker priority or a heap gives. The module's policy is the `TaskQueue` the asyncio
 dispatcher runs on, with the same scoring: priority order (`order_key`, which keeps aging
-exact with keys fixed at enqueue) plus the rescue of tasks whose latest start is near.
+exact with keys fixed at enqueue) plus the rescue of tasks whose latest start is near,
+with its gap.
 """
 
 from __future__ import annotations
@@ -383,8 +384,9 @@ class LeastSlack(KeyPolicy):
 class _ModuleQueue:
     def __init__(self, policy: ModulePolicy) -> None:
         self._policy = policy
+        scoring = policy.scoring
         self._queue: TaskQueue[int] = TaskQueue(
-            rescue_s=policy.scoring.rescue_s, bound_s=policy.scoring.max_boost_s
+            rescue_s=scoring.rescue_s, bound_s=scoring.max_boost_s, gap_s=scoring.rescue_gap_s
         )
 
     def __len__(self) -> int:
@@ -394,7 +396,7 @@ class _ModuleQueue:
         assert f is not None
         decision: PriorityDecision = self._policy._decide(f)
         self._policy.decisions[i] = decision
-        self._queue.push(i, now, decision.boost_s, decision.latest_start_s)
+        self._queue.push_decision(i, now, decision, f.deadline_in_s)
 
     def pop(self, now: float) -> int:
         i = self._queue.pop(now)
@@ -404,7 +406,7 @@ class _ModuleQueue:
 
 class ModulePolicy:
     """The `priority` module as the dispatcher runs it: `decide` scores each task (the rule
-    fallback by default, or an engine's), a `TaskQueue` with `scoring`'s rescue and bound
+    fallback by default, or an engine's), a `TaskQueue` with `scoring`'s rescue, gap and bound
     (default: the module's) orders them."""
 
     uses_features = True
