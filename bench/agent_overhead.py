@@ -12,17 +12,18 @@ The model turn that asks for a call is stored in that call's first transaction, 
 one transaction (turn, result, policy and audit events), a `write` call two (turn and intent
 record before the call, the result after it). `per_model_turn` is what is left of the turn
 (prompt, tool specs, usage), the model's own time taken out; `per_step` is both, the whole
-cost of a model turn with one call. Baselines from the same run: the tool called directly
-(dispatch floor) and one `AuditLog.append`, the store's own single-event write, as ratios.
-Each kind runs twice: database work in a worker thread (the default, as in the service) and
-on the event loop (`Runtime(db_in_thread=False)`, for a process that only drives runs).
+cost of a model turn with one call. `commit_wait` is the part of `per_call` spent inside
+the database driver's COMMIT (the server's disk flush, where there is one), and `own` what
+is left of each call without it.
 
-On SQLite four diagnostic rows run with the WAL's automatic checkpoint off: `*_no_
-autocheckpoint` (on the loop) checkpoint only between passes, so their difference to the
-`*_db_on_loop` rows is what the checkpoints (an fsync inside the commit that crosses 1000
-WAL pages) add to the tail; `*_background_checkpoint` (database in a thread, as the service)
-checkpoint from another thread every 250 ms meanwhile, a remedy `make_engine` could adopt.
-They are not how the service runs today.
+The rows `noop_read`/`noop_write` run the runtime as the service does (database work on the
+event loop on SQLite, in a worker thread on PostgreSQL: `Runtime(db_in_thread=None)`); the
+`_db_in_thread`/`_db_on_loop` rows the other way round, and on SQLite the
+`_checkpoint_in_commit` rows leave WAL checkpoints to SQLite (the commit that crosses 1000
+pages runs one), what `make_engine` did before its background checkpointer. Baselines from
+the same run: the tool called directly (dispatch floor), one `AuditLog.append` (the store's
+own single-event write), and through the bare driver one round trip (`SELECT 1`) and one
+durable commit (a one-row INSERT and COMMIT): the floor any crash-safe write pays.
 """
 
 from __future__ import annotations
@@ -32,10 +33,8 @@ import asyncio
 import os
 import secrets
 import tempfile
-import threading
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -59,13 +58,8 @@ PG_ADMIN = os.environ.get(
 GOAL_P99_MS = 2.0
 TURNS_PER_RUN = 50
 _tool_ns: list[int] = []
-KINDS = ("noop_read", "noop_write", "noop_read_db_on_loop", "noop_write_db_on_loop")
-DIAGNOSTIC = (
-    "noop_read_no_autocheckpoint",
-    "noop_write_no_autocheckpoint",
-    "noop_read_background_checkpoint",
-    "noop_write_background_checkpoint",
-)
+_commit_ns: list[int] = []
+KINDS = ("noop_read", "noop_write")
 
 
 @tool(risk=Risk.READ)
@@ -104,21 +98,29 @@ class TimedModel(TestModel):
 
 
 class TimedRuntime(Runtime):
-    """The runtime, timing each tool call's handling and each model turn's storing."""
+    """The runtime, timing each tool call's handling, each model turn's storing and the
+    time each call spent waiting in the driver's COMMIT."""
 
     per_call: list[int]
     per_turn: list[int]
     per_step: list[int]
     cpu_call: list[int]
     cpu_turn: list[int]
+    commit_call: list[int]
+
+    def reset(self) -> None:
+        self.per_call, self.per_turn, self.per_step = [], [], []
+        self.cpu_call, self.cpu_turn, self.commit_call = [], [], []
 
     async def _resolve(self, *args: Any, **kwargs: Any) -> bool:
         _tool_ns.clear()
+        _commit_ns.clear()
         started, cpu = time.perf_counter_ns(), time.process_time_ns()
         done = await super()._resolve(*args, **kwargs)
         self.per_call.append(time.perf_counter_ns() - started - sum(_tool_ns))
         self.per_step.append(self.per_call[-1] + self.per_turn[-1])
         self.cpu_call.append(time.process_time_ns() - cpu)
+        self.commit_call.append(sum(_commit_ns))
         return done
 
     async def _model_turn(self, state: Any, provider: Any, allowed: Any) -> ModelTurn | None:
@@ -129,43 +131,36 @@ class TimedRuntime(Runtime):
         return turn
 
 
-def no_autocheckpoint(url: str) -> Engine:
-    """An engine whose connections leave checkpoints to `checkpoint` (diagnostic rows)."""
+def timing_commits(engine: Engine) -> Engine:
+    """`engine`, its dialect's COMMIT timed into `_commit_ns`."""
+    commit = engine.dialect.do_commit
+
+    def timed(dbapi_connection: Any) -> None:
+        started = time.perf_counter_ns()
+        try:
+            commit(dbapi_connection)
+        finally:
+            _commit_ns.append(time.perf_counter_ns() - started)
+
+    engine.dialect.do_commit = timed  # type: ignore[method-assign]
+    return engine
+
+
+def checkpoint_in_commit(url: str) -> Engine:
+    """An engine whose commits run SQLite's own WAL checkpoints (the diagnostic rows)."""
     engine = make_engine(url)
 
     @event.listens_for(engine, "connect")
-    def _off(conn: Any, _record: Any) -> None:
-        conn.execute("PRAGMA wal_autocheckpoint=0")
+    def _on(conn: Any, _record: Any) -> None:
+        conn.execute("PRAGMA wal_autocheckpoint=1000")
 
     return engine
 
 
-def checkpoint(engine: Engine, mode: str = "TRUNCATE") -> None:
+def truncate_wal(engine: Engine) -> None:
     if engine.dialect.name == "sqlite":
         with engine.connect() as conn:
-            conn.exec_driver_sql(f"PRAGMA wal_checkpoint({mode})")
-
-
-@contextmanager
-def checkpointing(engine: Engine | None, every: float = 0.25) -> Iterator[None]:
-    """Checkpoint `engine`'s WAL from a thread of its own meanwhile (PASSIVE: never waits
-    for, nor blocks, the writers)."""
-    if engine is None:
-        yield
-        return
-    stop = threading.Event()
-
-    def loop() -> None:
-        while not stop.wait(every):
-            checkpoint(engine, "PASSIVE")
-
-    thread = threading.Thread(target=loop, daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        thread.join()
+            conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
 
 
 async def drive_all(runtime: Runtime, principal: Principal, name: str, calls: int) -> None:
@@ -186,84 +181,117 @@ async def drive_all(runtime: Runtime, principal: Principal, name: str, calls: in
 
 
 async def measure(url: str, calls: int) -> dict[str, Any]:
-    engine = make_engine(url)
+    engine = timing_commits(make_engine(url))
     sessions = make_sessionmaker(engine)
     principal = service_identity("bench", ["agent:run"])
+    sqlite = engine.dialect.name == "sqlite"
     out: dict[str, Any] = {}
-    passes = [
-        ("noop_read", True, engine, ""),
-        ("noop_write", True, engine, ""),
-        ("noop_read", False, engine, "_db_on_loop"),
-        ("noop_write", False, engine, "_db_on_loop"),
+    other = "_db_in_thread" if sqlite else "_db_on_loop"
+    passes: list[tuple[str, bool | None, Engine, str]] = [
+        ("noop_read", None, engine, ""),
+        ("noop_write", None, engine, ""),
+        ("noop_read", sqlite, engine, other),
+        ("noop_write", sqlite, engine, other),
     ]
-    quiet = no_autocheckpoint(url) if engine.dialect.name == "sqlite" else None
-    if quiet is not None:
+    own_checkpoints = timing_commits(checkpoint_in_commit(url)) if sqlite else None
+    if own_checkpoints is not None:
         passes += [
-            ("noop_read", False, quiet, "_no_autocheckpoint"),
-            ("noop_write", False, quiet, "_no_autocheckpoint"),
-            ("noop_read", True, quiet, "_background_checkpoint"),
-            ("noop_write", True, quiet, "_background_checkpoint"),
+            ("noop_read", None, own_checkpoints, "_checkpoint_in_commit"),
+            ("noop_write", None, own_checkpoints, "_checkpoint_in_commit"),
         ]
     for name, in_thread, on, suffix in passes:
-        checkpoint(engine)  # each pass starts from an empty WAL
+        truncate_wal(engine)  # each pass starts from an empty WAL
         runtime = TimedRuntime(
             make_sessionmaker(on), ToolSet([noop_read, noop_write]), db_in_thread=in_thread
         )
-        runtime.per_call, runtime.per_turn, runtime.cpu_call, runtime.cpu_turn = [], [], [], []
-        runtime.per_step = []
+        runtime.reset()
         warmup = 5
-        background = quiet if suffix == "_background_checkpoint" else None
-        with checkpointing(background):
-            await drive_all(runtime, principal, name, calls + warmup)
+        await drive_all(runtime, principal, name, calls + warmup)
         per_call = runtime.per_call[warmup:]
-        per_turn = runtime.per_turn[warmup:]
+        commits = runtime.commit_call[warmup:]
         label = name + suffix
         out[label] = {
+            "db_in_thread": runtime.db_in_thread,
             "per_call": summarize(per_call, "ms"),
-            "per_model_turn": summarize(per_turn, "ms"),
+            "commit_wait": summarize(commits, "ms"),
+            "own": summarize([c - w for c, w in zip(per_call, commits, strict=True)], "ms"),
+            "per_model_turn": summarize(runtime.per_turn[warmup:], "ms"),
             "per_step": summarize(runtime.per_step[warmup:], "ms"),
             # CPU time of this process (all its threads), the mean: what the work costs,
             # whatever else the machine's cores were busy with meanwhile
             "cpu_ms_per_call": round(sum(runtime.cpu_call[warmup:]) / len(per_call) / 1e6, 3),
-            "cpu_ms_per_model_turn": round(sum(runtime.cpu_turn[warmup:]) / len(per_turn) / 1e6, 3),
+            "cpu_ms_per_model_turn": round(sum(runtime.cpu_turn[warmup:]) / len(per_call) / 1e6, 3),
         }
         show(f"{label}: per call", out[label]["per_call"], "ms")
-        show(f"{label}: per step", out[label]["per_step"], "ms")
+        show(f"{label}: own (commit wait out)", out[label]["own"], "ms")
         show(
-            f"{label}: per model turn",
-            out[label]["per_model_turn"],
+            f"{label}: per step",
+            out[label]["per_step"],
             "ms",
             f"CPU {out[label]['cpu_ms_per_call']} ms a call, "
             f"{out[label]['cpu_ms_per_model_turn']} ms a turn",
         )
+    out |= await baselines(engine, sessions, calls)
+    base = out["baseline_audit_append"]["p99_ms"]
+    out["p99_ratio_to_audit_append"] = {
+        k: round(v["per_call"]["p99_ms"] / base, 2)
+        for k, v in out.items()
+        if isinstance(v, dict) and "per_call" in v
+    }
+    check = AuditLog(sessions).verify()
+    assert check.ok, check
+    out["audit_events"] = check.events
+    engine.dispose()
+    if own_checkpoints is not None:
+        own_checkpoints.dispose()
+    return out
 
-    # baselines: the tool called directly, and one audit append on the same database
+
+async def baselines(engine: Engine, sessions: Any, calls: int) -> dict[str, Any]:
+    """The tool called directly, one audit append, and the bare driver's round trip and
+    durable commit on the same database."""
     context = ToolContext("r", "c", "k", "bench")
-    direct = []
+    direct, appends, trips, commits = [], [], [], []
     for i in range(calls):
         started = time.perf_counter_ns()
         await noop_write.call({"n": i}, context)
         direct.append(time.perf_counter_ns() - started)
     audit = AuditLog(sessions)
-    appends = []
     for i in range(calls):
         started = time.perf_counter_ns()
         audit.append("bench.baseline", str(i), actor="bench", data={"i": i})
         appends.append(time.perf_counter_ns() - started)
-    out["baseline_direct_call"] = summarize(direct, "ms")
-    out["baseline_audit_append"] = summarize(appends, "ms")
-    show("baseline: tool called directly", out["baseline_direct_call"], "ms")
-    show("baseline: one AuditLog.append", out["baseline_audit_append"], "ms")
-    base = out["baseline_audit_append"]["p99_ms"]
-    out["p99_ratio_to_audit_append"] = {
-        k: round(out[k]["per_call"]["p99_ms"] / base, 2) for k in (*KINDS, *DIAGNOSTIC) if k in out
+    raw = engine.raw_connection()
+    try:
+        cursor = raw.cursor()
+        cursor.execute("CREATE TABLE bench_floor (id INTEGER PRIMARY KEY, v TEXT)")
+        raw.commit()
+        for i in range(calls):
+            started = time.perf_counter_ns()
+            cursor.execute("SELECT 1")
+            cursor.fetchall()
+            trips.append(time.perf_counter_ns() - started)
+            started = time.perf_counter_ns()
+            cursor.execute(f"INSERT INTO bench_floor (id, v) VALUES ({i}, 'x')")
+            raw.commit()
+            commits.append(time.perf_counter_ns() - started)
+        cursor.execute("DROP TABLE bench_floor")
+        raw.commit()
+    finally:
+        raw.close()
+    out = {
+        "baseline_direct_call": summarize(direct, "ms"),
+        "baseline_audit_append": summarize(appends, "ms"),
+        "baseline_round_trip": summarize(trips, "ms"),
+        "baseline_durable_commit": summarize(commits, "ms"),
     }
-    check = audit.verify()
-    assert check.ok, check
-    out["audit_events"] = check.events
-    engine.dispose()
-    if quiet is not None:
-        quiet.dispose()
+    for key, label in [
+        ("baseline_direct_call", "tool called directly"),
+        ("baseline_audit_append", "one AuditLog.append"),
+        ("baseline_round_trip", "driver: one round trip"),
+        ("baseline_durable_commit", "driver: one-row INSERT + COMMIT"),
+    ]:
+        show(f"baseline: {label}", out[key], "ms")
     return out
 
 
@@ -315,7 +343,7 @@ def main() -> None:
             results[db][kind]["per_call"]["p99_ms"] <= GOAL_P99_MS,
         )
         for db in results
-        for kind in ("noop_read", "noop_write")  # as the service runs: database in a thread
+        for kind in KINDS  # as the service runs
     ]
     write_results(
         args,

@@ -3,20 +3,24 @@
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from prometheus_client import CollectorRegistry
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import create_engine, delete, func, select, text, update
+from sqlalchemy.engine import make_url
 
 from aiassist.engine import Engine
 from aiassist.metrics import Metrics
+from aiassist.store import db
 from aiassist.store.audit import AuditLog
 from aiassist.store.db import make_engine, make_sessionmaker
 from aiassist.store.keys import KeyStore
 from aiassist.store.models import ApiKey, AuditEvent, Base, DecisionRecord
 from aiassist.store.recorder import DecisionRecorder
+from tests.conftest import PG_ADMIN_URL, wait_for
 
 
 def test_migrations_match_the_models(db_url: str) -> None:
@@ -150,3 +154,38 @@ def test_recorder_drops_and_counts_when_full(sqlite_url: str) -> None:
         kept = session.scalar(select(func.count()).select_from(DecisionRecord))
     assert kept is not None and kept + dropped == 500
     db.dispose()
+
+
+def test_sqlite_commits_leave_checkpoints_to_a_background_thread(
+    sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No commit copies the WAL into the database file (and waits for the disk): the
+    process's checkpointer does. With the pool's connections open, nothing else would."""
+    monkeypatch.setattr(db, "CHECKPOINT_SECONDS", 0.05)
+    path = Path(make_url(sqlite_url).database or "")
+    engine = make_engine(sqlite_url)
+    audit = AuditLog(make_sessionmaker(engine))
+    with engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar() == 0
+    before = path.stat().st_size
+    for i in range(300):
+        audit.append("test.event", str(i), actor="test", data={"text": "x" * 2000})
+    wait_for(lambda: path.stat().st_size > before + 300 * 2000, 10)
+    assert audit.verify().ok
+    engine.dispose()
+
+
+def test_a_connection_that_sat_idle_is_checked_and_replaced_if_dead(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(db, "PING_IDLE_SECONDS", 0.0)
+    engine = make_engine(pg_url)
+    with engine.connect() as conn:
+        pid = conn.exec_driver_sql("SELECT pg_backend_pid()").scalar()
+    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:  # as a server restart or an idle timeout would
+        conn.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+    admin.dispose()
+    with engine.connect() as conn:  # the pool noticed on checkout and connected again
+        assert conn.exec_driver_sql("SELECT pg_backend_pid()").scalar() != pid
+    engine.dispose()

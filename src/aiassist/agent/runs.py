@@ -21,7 +21,7 @@ from enum import StrEnum
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict
-from sqlalchemy import func, insert, or_, select, update
+from sqlalchemy import Connection, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.sql.base import Executable
@@ -52,6 +52,7 @@ __all__ = [
 
 T = TypeVar("T")
 _RETRIES = 30
+_NOT_DURABLE = "SET LOCAL synchronous_commit TO OFF"
 
 
 class RunStatus(StrEnum):
@@ -191,13 +192,25 @@ _INSERTS: dict[type[Base], Insert] = {}
 
 
 class Unit:
-    """One transaction of the runtime: state changes plus the audit events describing them."""
+    """One transaction of the runtime: state changes plus the audit events describing them.
 
-    def __init__(self, session: Session, actor: str) -> None:
-        self.session = session
+    Statements go straight to the connection (the hot path skips the ORM's bookkeeping);
+    `session`, made on first use, is for the few writes that want the ORM.
+    """
+
+    def __init__(self, connection: Connection, actor: str) -> None:
+        self.connection = connection
         self.actor = actor
+        self._session: Session | None = None
         self._events: list[tuple[str, str, dict[str, Any]]] = []
         self._messages: list[dict[str, Any]] = []
+
+    @property
+    def session(self) -> Session:
+        """An ORM session inside this unit's transaction (committed with it, not by itself)."""
+        if self._session is None:
+            self._session = Session(bind=self.connection, expire_on_commit=False)
+        return self._session
 
     def insert(self, row: Base) -> None:
         """Insert `row` now, as a Core statement: the hot path skips the ORM's bookkeeping."""
@@ -210,7 +223,7 @@ class Unit:
         if statement is None:
             # inline: no RETURNING of the generated keys, nobody reads them
             statement = _INSERTS[model] = insert(model).inline()
-        self.session.connection().execute(statement, list(rows) if len(rows) > 1 else rows[0])
+        self.connection.execute(statement, list(rows) if len(rows) > 1 else rows[0])
 
     def message(
         self,
@@ -241,15 +254,21 @@ class Unit:
         )
 
     def execute(self, statement: Executable, parameters: dict[str, Any] | None = None) -> None:
-        self.session.connection().execute(statement, parameters)
+        self.connection.execute(statement, parameters)
 
     def audit(self, kind: str, subject: str, data: dict[str, Any]) -> None:
         self._events.append((kind, subject, json.loads(json.dumps(data, default=str))))
 
     def _flush(self) -> None:
+        if self._session is not None:
+            self._session.flush()
         if self._messages:
             self.insert_values(AgentMessage, *self._messages)
-        append_events(self.session.connection(), self.actor, self._events)
+        append_events(self.connection, self.actor, self._events)
+
+    def _close(self) -> None:
+        if self._session is not None:
+            self._session.close()
 
 
 class RunStore:
@@ -258,23 +277,34 @@ class RunStore:
     def __init__(self, sessions: sessionmaker[Session]) -> None:
         self.sessions = sessions
 
-    def unit(self, work: Callable[[Unit], T], *, actor: str) -> T:
+    def unit(self, work: Callable[[Unit], T], *, actor: str, durable: bool = True) -> T:
         """Run `work` in one transaction with its audit events; retried when another writer
-        appended to the audit chain first (the chain's unique `prev_hash` refuses a fork)."""
+        appended to the audit chain first (the chain's unique `prev_hash` refuses a fork).
+
+        `durable=False` lets PostgreSQL return from the commit before its disk flush (about
+        a millisecond here): for what a crash may lose because it is done again on resume,
+        like a call's result. The next durable commit flushes it anyway: the log is written
+        in order. SQLite in WAL mode never waits for the disk at commit (`aiassist.store.db`).
+        """
+        engine = self.sessions.kw["bind"]
         for attempt in range(_RETRIES):
-            with self.sessions() as session:
-                try:
-                    unit = Unit(session, actor)
+            unit = None
+            try:
+                with engine.begin() as connection:
+                    if not durable and connection.dialect.name == "postgresql":
+                        connection.exec_driver_sql(_NOT_DURABLE)
+                    unit = Unit(connection, actor)
                     result = work(unit)
                     unit._flush()
-                    session.commit()
-                except (IntegrityError, OperationalError):
-                    session.rollback()
-                    if attempt == _RETRIES - 1:
-                        raise
-                    time.sleep(random.uniform(0, 0.005 * (attempt + 1)))
-                    continue
-                return result
+            except (IntegrityError, OperationalError):
+                if attempt == _RETRIES - 1:
+                    raise
+                time.sleep(random.uniform(0, 0.005 * (attempt + 1)))
+                continue
+            finally:
+                if unit is not None:
+                    unit._close()
+            return result
         raise AssertionError("unreachable")
 
     # --- reads -----------------------------------------------------------------------------

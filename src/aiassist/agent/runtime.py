@@ -197,15 +197,17 @@ class Runtime:
         rate_limit_wait: float = 5.0,
         lease_seconds: float = 300.0,
         system_prompt: str = DEFAULT_SYSTEM_PROMPT,
-        db_in_thread: bool = True,
+        db_in_thread: bool | None = None,
         metrics: Metrics | None = None,
         flows: Mapping[str, Flow] | None = None,
         keys: KeyStore | None = None,
         clock: Callable[[], datetime] = utcnow,
     ) -> None:
-        """`db_in_thread=False` runs database work on the event loop: right for a process
-        that only drives runs (a worker, the CLI), where it saves two thread switches a
-        step; wrong in the service, whose loop also answers latency-sensitive requests.
+        """`db_in_thread` says where database work runs. By default (None) it runs on the
+        event loop on SQLite, whose commits are CPU work under the GIL (their disk flush is
+        a background checkpoint's: see `aiassist.store.db`), so a thread would only add a
+        switch of 0.1-0.3 ms to each; and in a worker thread on a server database, whose
+        round trips and flushes a thread lets the loop spend on other requests.
 
         With `keys`, a run started by an API key goes on only while that key is valid: each
         time a run is driven (after an approval, a crash, a restart) its key is looked up
@@ -230,6 +232,9 @@ class Runtime:
         self.rate_limit_wait = rate_limit_wait
         self.lease_seconds = lease_seconds
         self.system_prompt = system_prompt
+        if db_in_thread is None:
+            bind = sessions.kw.get("bind")
+            db_in_thread = bind is None or bind.dialect.name != "sqlite"
         self.db_in_thread = db_in_thread
         self.metrics = metrics
         self.keys = keys
@@ -1041,7 +1046,9 @@ class Runtime:
                     },
                 )
 
-        self._unit(state, work)
+        # not durable: a result lost in a crash is got again on resume (a read is repeated,
+        # a write's intent makes it repeat with the same idempotency key)
+        self._unit(state, work, durable=False)
         if self.metrics is not None:
             self.metrics.agent_tool_calls.labels(record.tool, status.value).inc()
         record.status = status
@@ -1168,18 +1175,18 @@ class Runtime:
                 if status is RunStatus.SUCCEEDED and flow is not None and flow.minutes_saved:
                     self.metrics.flow_minutes_saved.labels(run.flow).inc(flow.minutes_saved)
 
-    def _unit(self, state: RunState, work: Callable[[Unit], T]) -> T:
+    def _unit(self, state: RunState, work: Callable[[Unit], T], durable: bool = True) -> T:
         """One transaction of the run: its deferred writes first, then `work`."""
         deferred = list(state.deferred)
         if not deferred:
-            return self.store.unit(work, actor=state.run.principal)
+            return self.store.unit(work, actor=state.run.principal, durable=durable)
 
         def all_work(unit: Unit) -> T:
             for write in deferred:
                 write(unit)
             return work(unit)
 
-        result = self.store.unit(all_work, actor=state.run.principal)
+        result = self.store.unit(all_work, actor=state.run.principal, durable=durable)
         del state.deferred[: len(deferred)]
         return result
 
