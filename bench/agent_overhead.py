@@ -19,8 +19,8 @@ is left of each call without it.
 The rows `noop_read`/`noop_write` run the runtime as the service does (database work on the
 event loop on SQLite, in a worker thread on PostgreSQL: `Runtime(db_in_thread=None)`); the
 `_db_in_thread`/`_db_on_loop` rows the other way round, and on SQLite the
-`_checkpoint_in_commit` rows leave WAL checkpoints to SQLite (the commit that crosses 1000
-pages runs one), what `make_engine` did before its background checkpointer. Baselines from
+`_checkpoint_in_commit` rows turn SQLite's own WAL checkpoint back on beside the background
+one (the commit that crosses 1000 pages runs one), as `make_engine` had it before. Baselines from
 the same run: the tool called directly (dispatch floor), one `AuditLog.append` (the store's
 own single-event write), and through the bare driver one round trip (`SELECT 1`) and one
 durable commit (a one-row INSERT and COMMIT): the floor any crash-safe write pays.
@@ -49,7 +49,7 @@ from aiassist.agent.providers.base import Message, ModelTurn
 from aiassist.agent.providers.test import TestModel, call
 from aiassist.agent.runtime import Runtime
 from aiassist.store.audit import AuditLog
-from aiassist.store.db import make_engine, make_sessionmaker, upgrade
+from aiassist.store.db import checkpoint, make_engine, make_sessionmaker, upgrade
 from aiassist.store.keys import Principal
 
 PG_ADMIN = os.environ.get(
@@ -157,12 +157,6 @@ def checkpoint_in_commit(url: str) -> Engine:
     return engine
 
 
-def truncate_wal(engine: Engine) -> None:
-    if engine.dialect.name == "sqlite":
-        with engine.connect() as conn:
-            conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
-
-
 async def drive_all(runtime: Runtime, principal: Principal, name: str, calls: int) -> None:
     """`calls` calls of the tool `name`, one a model turn, in runs of `TURNS_PER_RUN`."""
     done = 0
@@ -200,7 +194,8 @@ async def measure(url: str, calls: int) -> dict[str, Any]:
             ("noop_write", None, own_checkpoints, "_checkpoint_in_commit"),
         ]
     for name, in_thread, on, suffix in passes:
-        truncate_wal(engine)  # each pass starts from an empty WAL
+        if sqlite:  # each pass starts from an empty WAL
+            checkpoint(str(engine.url.database), "TRUNCATE")
         runtime = TimedRuntime(
             make_sessionmaker(on), ToolSet([noop_read, noop_write]), db_in_thread=in_thread
         )

@@ -21,7 +21,7 @@ from enum import StrEnum
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict
-from sqlalchemy import Connection, func, insert, or_, select, update
+from sqlalchemy import Connection, Engine, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.sql.base import Executable
@@ -272,10 +272,12 @@ class Unit:
 
 
 class RunStore:
-    """Transactions over the agent tables. Synchronous: the runtime calls it from a thread."""
+    """Transactions over the agent tables. Synchronous: the runtime decides where it runs
+    (on its event loop or in a worker thread, see `Runtime`)."""
 
     def __init__(self, sessions: sessionmaker[Session]) -> None:
         self.sessions = sessions
+        self.engine: Engine = sessions.kw["bind"]
 
     def unit(self, work: Callable[[Unit], T], *, actor: str, durable: bool = True) -> T:
         """Run `work` in one transaction with its audit events; retried when another writer
@@ -286,11 +288,10 @@ class RunStore:
         like a call's result. The next durable commit flushes it anyway: the log is written
         in order. SQLite in WAL mode never waits for the disk at commit (`aiassist.store.db`).
         """
-        engine = self.sessions.kw["bind"]
         for attempt in range(_RETRIES):
             unit = None
             try:
-                with engine.begin() as connection:
+                with self.engine.begin() as connection:
                     if not durable and connection.dialect.name == "postgresql":
                         connection.exec_driver_sql(_NOT_DURABLE)
                     unit = Unit(connection, actor)

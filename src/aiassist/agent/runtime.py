@@ -233,8 +233,7 @@ class Runtime:
         self.lease_seconds = lease_seconds
         self.system_prompt = system_prompt
         if db_in_thread is None:
-            bind = sessions.kw.get("bind")
-            db_in_thread = bind is None or bind.dialect.name != "sqlite"
+            db_in_thread = self.store.engine.dialect.name != "sqlite"
         self.db_in_thread = db_in_thread
         self.metrics = metrics
         self.keys = keys

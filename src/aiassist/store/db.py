@@ -16,7 +16,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import Session, sessionmaker
 
-__all__ = ["alembic_config", "make_engine", "make_sessionmaker", "upgrade"]
+__all__ = ["alembic_config", "checkpoint", "make_engine", "make_sessionmaker", "upgrade"]
 
 _MIGRATIONS = Path(__file__).with_name("migrations")
 CHECKPOINT_SECONDS = 0.5
