@@ -12,18 +12,20 @@ The model turn that asks for a call is stored in that call's first transaction, 
 one transaction (turn, result, policy and audit events), a `write` call two (turn and intent
 record before the call, the result after it). `per_model_turn` is what is left of the turn
 (prompt, tool specs, usage), the model's own time taken out; `per_step` is both, the whole
-cost of a model turn with one call. `commit_wait` is the part of `per_call` spent inside
-the database driver's COMMIT (the server's disk flush, where there is one), and `own` what
-is left of each call without it.
+cost of a model turn with one call. `db_wait` is the part of `per_call` spent waiting for
+the database: inside the driver's COMMIT (SQLite) or, on PostgreSQL, in the one round trip
+that carries each transaction (`aiassist.store.script`: the server runs the statements and
+flushes its log meanwhile); `own` is what is left of each call without it.
 
-The rows `noop_read`/`noop_write` run the runtime as the service does (database work on the
-event loop on SQLite, in a worker thread on PostgreSQL: `Runtime(db_in_thread=None)`); the
-`_db_in_thread`/`_db_on_loop` rows the other way round, and on SQLite the
-`_checkpoint_in_commit` rows turn SQLite's own WAL checkpoint back on beside the background
-one (the commit that crosses 1000 pages runs one), as `make_engine` had it before. Baselines from
-the same run: the tool called directly (dispatch floor), one `AuditLog.append` (the store's
-own single-event write), and through the bare driver one round trip (`SELECT 1`) and one
-durable commit (a one-row INSERT and COMMIT): the floor any crash-safe write pays.
+The rows `noop_read`/`noop_write` run the runtime as the service does
+(`Runtime(db_in_thread=None)`: on SQLite all database work on the event loop; on PostgreSQL
+a call's writes on the loop, the rest in a worker thread); the `_db_in_thread` rows put all
+of it in a worker thread, and on SQLite the `_checkpoint_in_commit` rows turn SQLite's own
+WAL checkpoint back on beside the background one (the commit that crosses 1000 pages runs
+one), as `make_engine` had it before. Baselines from the same run: the tool called directly
+(dispatch floor), one `AuditLog.append` (the store's own single-event write), and through
+the bare driver one round trip (`SELECT 1`) and one durable commit (a one-row INSERT and
+COMMIT): the floor any crash-safe write pays.
 """
 
 from __future__ import annotations
@@ -58,7 +60,7 @@ PG_ADMIN = os.environ.get(
 GOAL_P99_MS = 2.0
 TURNS_PER_RUN = 50
 _tool_ns: list[int] = []
-_commit_ns: list[int] = []
+_wait_ns: list[int] = []
 KINDS = ("noop_read", "noop_write")
 
 
@@ -99,28 +101,28 @@ class TimedModel(TestModel):
 
 class TimedRuntime(Runtime):
     """The runtime, timing each tool call's handling, each model turn's storing and the
-    time each call spent waiting in the driver's COMMIT."""
+    time each call spent waiting for the database."""
 
     per_call: list[int]
     per_turn: list[int]
     per_step: list[int]
     cpu_call: list[int]
     cpu_turn: list[int]
-    commit_call: list[int]
+    wait_call: list[int]
 
     def reset(self) -> None:
         self.per_call, self.per_turn, self.per_step = [], [], []
-        self.cpu_call, self.cpu_turn, self.commit_call = [], [], []
+        self.cpu_call, self.cpu_turn, self.wait_call = [], [], []
 
     async def _resolve(self, *args: Any, **kwargs: Any) -> bool:
         _tool_ns.clear()
-        _commit_ns.clear()
+        _wait_ns.clear()
         started, cpu = time.perf_counter_ns(), time.process_time_ns()
         done = await super()._resolve(*args, **kwargs)
         self.per_call.append(time.perf_counter_ns() - started - sum(_tool_ns))
         self.per_step.append(self.per_call[-1] + self.per_turn[-1])
         self.cpu_call.append(time.process_time_ns() - cpu)
-        self.commit_call.append(sum(_commit_ns))
+        self.wait_call.append(sum(_wait_ns))
         return done
 
     async def _model_turn(self, state: Any, provider: Any, allowed: Any) -> ModelTurn | None:
@@ -131,8 +133,9 @@ class TimedRuntime(Runtime):
         return turn
 
 
-def timing_commits(engine: Engine) -> Engine:
-    """`engine`, its dialect's COMMIT timed into `_commit_ns`."""
+def timing_waits(engine: Engine) -> Engine:
+    """`engine`, its dialect's COMMIT and its transactions sent as one script (PostgreSQL,
+    `aiassist.store.script`) timed into `_wait_ns`."""
     commit = engine.dialect.do_commit
 
     def timed(dbapi_connection: Any) -> None:
@@ -140,9 +143,25 @@ def timing_commits(engine: Engine) -> Engine:
         try:
             commit(dbapi_connection)
         finally:
-            _commit_ns.append(time.perf_counter_ns() - started)
+            _wait_ns.append(time.perf_counter_ns() - started)
 
     engine.dialect.do_commit = timed  # type: ignore[method-assign]
+    if engine.dialect.name == "postgresql":
+
+        @event.listens_for(engine, "connect")
+        def _on(dbapi_connection: Any, _record: Any) -> None:
+            execute = dbapi_connection.execute
+
+            def timed_execute(query: Any, *args: Any, **kwargs: Any) -> Any:
+                started = time.perf_counter_ns()
+                try:
+                    return execute(query, *args, **kwargs)
+                finally:
+                    if isinstance(query, str) and query.startswith("BEGIN;"):
+                        _wait_ns.append(time.perf_counter_ns() - started)
+
+            dbapi_connection.execute = timed_execute
+
     return engine
 
 
@@ -175,19 +194,18 @@ async def drive_all(runtime: Runtime, principal: Principal, name: str, calls: in
 
 
 async def measure(url: str, calls: int) -> dict[str, Any]:
-    engine = timing_commits(make_engine(url))
+    engine = timing_waits(make_engine(url))
     sessions = make_sessionmaker(engine)
     principal = service_identity("bench", ["agent:run"])
     sqlite = engine.dialect.name == "sqlite"
     out: dict[str, Any] = {}
-    other = "_db_in_thread" if sqlite else "_db_on_loop"
     passes: list[tuple[str, bool | None, Engine, str]] = [
         ("noop_read", None, engine, ""),
         ("noop_write", None, engine, ""),
-        ("noop_read", sqlite, engine, other),
-        ("noop_write", sqlite, engine, other),
+        ("noop_read", True, engine, "_db_in_thread"),
+        ("noop_write", True, engine, "_db_in_thread"),
     ]
-    own_checkpoints = timing_commits(checkpoint_in_commit(url)) if sqlite else None
+    own_checkpoints = timing_waits(checkpoint_in_commit(url)) if sqlite else None
     if own_checkpoints is not None:
         passes += [
             ("noop_read", None, own_checkpoints, "_checkpoint_in_commit"),
@@ -203,13 +221,13 @@ async def measure(url: str, calls: int) -> dict[str, Any]:
         warmup = 5
         await drive_all(runtime, principal, name, calls + warmup)
         per_call = runtime.per_call[warmup:]
-        commits = runtime.commit_call[warmup:]
+        waits = runtime.wait_call[warmup:]
         label = name + suffix
         out[label] = {
             "db_in_thread": runtime.db_in_thread,
             "per_call": summarize(per_call, "ms"),
-            "commit_wait": summarize(commits, "ms"),
-            "own": summarize([c - w for c, w in zip(per_call, commits, strict=True)], "ms"),
+            "db_wait": summarize(waits, "ms"),
+            "own": summarize([c - w for c, w in zip(per_call, waits, strict=True)], "ms"),
             "per_model_turn": summarize(runtime.per_turn[warmup:], "ms"),
             "per_step": summarize(runtime.per_step[warmup:], "ms"),
             # CPU time of this process (all its threads), the mean: what the work costs,
@@ -218,7 +236,8 @@ async def measure(url: str, calls: int) -> dict[str, Any]:
             "cpu_ms_per_model_turn": round(sum(runtime.cpu_turn[warmup:]) / len(per_call) / 1e6, 3),
         }
         show(f"{label}: per call", out[label]["per_call"], "ms")
-        show(f"{label}: own (commit wait out)", out[label]["own"], "ms")
+        show(f"{label}: database wait", out[label]["db_wait"], "ms")
+        show(f"{label}: own (database wait out)", out[label]["own"], "ms")
         show(
             f"{label}: per step",
             out[label]["per_step"],

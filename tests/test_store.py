@@ -2,23 +2,28 @@
 
 from __future__ import annotations
 
+import multiprocessing
 from concurrent.futures import ThreadPoolExecutor
+from itertools import pairwise
 from pathlib import Path
+from typing import Any
 
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from prometheus_client import CollectorRegistry
-from sqlalchemy import create_engine, delete, func, select, text, update
+from sqlalchemy import create_engine, delete, event, func, select, text, update
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import IntegrityError
 
+from aiassist.agent.runs import RunStore, Unit
 from aiassist.engine import Engine
 from aiassist.metrics import Metrics
-from aiassist.store import db
-from aiassist.store.audit import AuditLog
+from aiassist.store import db, script
+from aiassist.store.audit import AuditLog, chain_heads
 from aiassist.store.db import make_engine, make_sessionmaker
 from aiassist.store.keys import KeyStore
-from aiassist.store.models import ApiKey, AuditEvent, Base, DecisionRecord
+from aiassist.store.models import AgentMessage, AgentRun, ApiKey, AuditEvent, Base, DecisionRecord
 from aiassist.store.recorder import DecisionRecorder
 from tests.conftest import PG_ADMIN_URL, wait_for
 
@@ -115,6 +120,146 @@ def test_concurrent_appends_keep_one_chain(audit) -> None:  # type: ignore[no-un
         list(pool.map(lambda i: log.append("e", str(i), actor="t", data={"i": i}), range(60)))
     check = log.verify()
     assert check.ok and check.events == 60
+
+
+def test_writers_that_guess_the_head_wrong_retry_and_keep_one_chain(db_url: str) -> None:
+    """Two engines play two processes: each appends onto the head it wrote last, which the
+    other has moved on from every time; the unique link refuses the fork and it retries."""
+    engines = [make_engine(db_url), make_engine(db_url)]
+    logs = [AuditLog(make_sessionmaker(e)) for e in engines]
+    stores = [RunStore(make_sessionmaker(e)) for e in engines]
+
+    def event(i: int) -> None:
+        def work(unit: Unit) -> None:
+            unit.audit("test.unit", str(i), {"i": i})
+
+        stores[i % 2].unit(work, actor="test", writes_only=True)
+
+    for i in range(12):
+        logs[i % 2].append("test.append", str(i), actor="test", data={"i": i})
+        event(i)
+    check = logs[0].verify()
+    assert check.ok and check.events == 24
+    with engines[0].connect() as conn:  # the chain's order is the order of the writes
+        subjects = conn.scalars(select(AuditEvent.subject).order_by(AuditEvent.id)).all()
+    assert subjects == [str(i) for i in range(12) for _ in range(2)]
+    for engine in engines:
+        engine.dispose()
+
+
+def _append_from_a_process(url: str, name: str, count: int, start: Any) -> None:
+    engine = make_engine(url)
+    store, log = RunStore(make_sessionmaker(engine)), AuditLog(make_sessionmaker(engine))
+    start.wait()
+    for i in range(count):
+        store.unit(
+            lambda u, i=i: u.audit("test.unit", f"{name}{i}", {"i": i}),
+            actor=name,
+            writes_only=True,
+        )
+        log.append("test.append", f"{name}{i}", actor=name)
+    engine.dispose()
+
+
+def test_writers_in_two_processes_keep_one_chain(db_url: str) -> None:
+    spawn = multiprocessing.get_context("spawn")
+    start = spawn.Barrier(2)
+    workers = [
+        spawn.Process(target=_append_from_a_process, args=(db_url, name, 100, start))
+        for name in "ab"
+    ]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(120)
+        assert worker.exitcode == 0
+    engine = make_engine(db_url)
+    check = AuditLog(make_sessionmaker(engine)).verify()
+    assert check.ok and check.events == 400
+    if engine.dialect.name == "postgresql":  # queued on the chain's lock, both went on
+        with engine.connect() as conn:
+            actors = conn.scalars(select(AuditEvent.actor).order_by(AuditEvent.id)).all()
+        assert sum(a != b for a, b in pairwise(actors)) >= 2
+    engine.dispose()
+
+
+def test_a_unit_that_only_writes_is_one_round_trip_on_postgres(pg_url: str) -> None:
+    engine = make_engine(pg_url)
+    store = RunStore(make_sessionmaker(engine))
+    with engine.begin() as conn:
+        conn.execute(
+            AgentRun.__table__.insert(),
+            {
+                "id": "r1",
+                "principal": "t",
+                "scopes": "",
+                "task": "t",
+                "tools": [],
+                "provider": "test",
+                "provider_options": {},
+                "status": "running",
+                "max_steps": 5,
+            },
+        )
+    AuditLog(make_sessionmaker(engine)).append("test.first", "r1", actor="t")  # head known
+    assert chain_heads.get(engine) is not None
+    statements: list[str] = []
+    queries: list[str] = []
+
+    @event.listens_for(engine, "before_cursor_execute")
+    def _seen(_c: Any, _cur: Any, statement: str, *_a: Any) -> None:
+        statements.append(statement)
+
+    @event.listens_for(engine, "checkout")
+    def _count(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
+        execute = dbapi_connection.execute
+        dbapi_connection.execute = lambda q, *a, **k: (queries.append(q), execute(q, *a, **k))[1]
+
+    def work(unit: Unit) -> None:
+        unit.message("r1", 0, "user", "hello")
+        unit.message("r1", 1, "assistant", {"text": "it's done"})
+        unit.execute(update(AgentRun).where(AgentRun.id == "r1").values(steps=1))
+        unit.audit("test.turn", "r1", {"step": 1})
+        unit.audit("test.call", "r1", {"tool": "x"})
+
+    store.unit(work, actor="t", writes_only=True)
+    assert statements == [] and len(queries) == 1  # no statement of its own: one script
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(AgentMessage.seq, AgentMessage.content, AgentMessage.created_at).order_by(
+                AgentMessage.seq
+            )
+        ).all()
+        assert conn.scalar(select(AgentRun.steps)) == 1
+    assert [(r.seq, r.content) for r in rows] == [(0, "hello"), (1, {"text": "it's done"})]
+    assert all(r.created_at is not None for r in rows)  # the columns' defaults filled in
+    assert AuditLog(make_sessionmaker(engine)).verify().events == 3
+    engine.dispose()
+
+
+def test_a_failed_script_commits_nothing_and_its_connection_goes_on(pg_url: str) -> None:
+    engine = make_engine(pg_url, pool_size=1)
+    row = {
+        "id": "r1",
+        "principal": "t",
+        "scopes": "",
+        "task": "refund order 42 with card 4111-1111",
+        "tools": [],
+        "provider": "test",
+        "provider_options": {},
+        "status": "running",
+        "max_steps": 5,
+    }
+    insert = AgentRun.__table__.insert()
+    with pytest.raises(IntegrityError) as failed:
+        script.send(engine, [(insert, row), (insert, row)])  # the same key twice
+    assert "4111" not in str(failed.value)  # the statements, not the values
+    with engine.connect() as conn:
+        assert conn.scalar(select(func.count()).select_from(AgentRun)) == 0
+    script.send(engine, [(insert, row)], durable=False)  # the one connection goes on
+    with engine.connect() as conn:
+        assert conn.scalar(select(AgentRun.task)) == row["task"]
+    engine.dispose()
 
 
 def test_recorder_stores_decisions_in_batches(db_url: str) -> None:

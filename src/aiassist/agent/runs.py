@@ -28,7 +28,15 @@ from sqlalchemy.sql.base import Executable
 from sqlalchemy.sql.dml import Insert
 
 from aiassist.agent.providers.base import Message, ToolCall
-from aiassist.store.audit import append_events
+from aiassist.store import script
+from aiassist.store.audit import (
+    AUDIT_INSERT,
+    CHAIN_LOCK,
+    CHAIN_LOCK_KEY,
+    append_events,
+    chain_heads,
+    chain_rows,
+)
 from aiassist.store.models import (
     AgentApproval,
     AgentMessage,
@@ -37,6 +45,7 @@ from aiassist.store.models import (
     Base,
     utcnow,
 )
+from aiassist.store.script import Statement
 
 __all__ = [
     "ApprovalInfo",
@@ -191,16 +200,25 @@ def to_message(row: AgentMessage) -> Message:
 _INSERTS: dict[type[Base], Insert] = {}
 
 
+def _insert(model: type[Base]) -> Insert:
+    statement = _INSERTS.get(model)
+    if statement is None:  # inline: no RETURNING of the generated keys, nobody reads them
+        statement = _INSERTS[model] = insert(model).inline()
+    return statement
+
+
 class Unit:
     """One transaction of the runtime: state changes plus the audit events describing them.
 
-    Statements go straight to the connection (the hot path skips the ORM's bookkeeping);
-    `session`, made on first use, is for the few writes that want the ORM.
+    With a `connection`, statements go straight to it (the hot path skips the ORM's
+    bookkeeping) and `session`, made on first use, is for the few writes that want the ORM.
+    Without one, they are gathered in `statements` and sent at once (`RunStore.unit`).
     """
 
-    def __init__(self, connection: Connection, actor: str) -> None:
+    def __init__(self, connection: Connection | None, actor: str) -> None:
         self.connection = connection
         self.actor = actor
+        self.statements: list[Statement] = []
         self._session: Session | None = None
         self._events: list[tuple[str, str, dict[str, Any]]] = []
         self._messages: list[dict[str, Any]] = []
@@ -208,22 +226,24 @@ class Unit:
     @property
     def session(self) -> Session:
         """An ORM session inside this unit's transaction (committed with it, not by itself)."""
+        if self.connection is None:
+            raise RuntimeError("a unit that only writes has no session")
         if self._session is None:
             self._session = Session(bind=self.connection, expire_on_commit=False)
         return self._session
 
     def insert(self, row: Base) -> None:
-        """Insert `row` now, as a Core statement: the hot path skips the ORM's bookkeeping."""
+        """Insert `row` as a Core statement: the hot path skips the ORM's bookkeeping."""
         values = {c.key: getattr(row, c.key) for c in row.__table__.columns}
         self.insert_values(type(row), {k: v for k, v in values.items() if v is not None})
 
     def insert_values(self, model: type[Base], *rows: dict[str, Any]) -> None:
-        """Insert `rows` (column values) of `model` in one statement, defaults filled in."""
-        statement = _INSERTS.get(model)
-        if statement is None:
-            # inline: no RETURNING of the generated keys, nobody reads them
-            statement = _INSERTS[model] = insert(model).inline()
-        self.connection.execute(statement, list(rows) if len(rows) > 1 else rows[0])
+        """Insert `rows` (column values) of `model`, defaults filled in; with a connection
+        in one statement."""
+        if self.connection is None:
+            self.statements += [(_insert(model), row) for row in rows]
+        else:
+            self.connection.execute(_insert(model), list(rows) if len(rows) > 1 else rows[0])
 
     def message(
         self,
@@ -254,17 +274,29 @@ class Unit:
         )
 
     def execute(self, statement: Executable, parameters: dict[str, Any] | None = None) -> None:
-        self.connection.execute(statement, parameters)
+        if self.connection is None:
+            self.statements.append((statement, parameters or {}))
+        else:
+            self.connection.execute(statement, parameters)
 
     def audit(self, kind: str, subject: str, data: dict[str, Any]) -> None:
         self._events.append((kind, subject, json.loads(json.dumps(data, default=str))))
 
-    def _flush(self) -> None:
+    def _flush(self, head: str | None) -> str | None:
+        """Write (or gather) what is left; the audit chain's new head (None: no events)."""
         if self._session is not None:
             self._session.flush()
         if self._messages:
             self.insert_values(AgentMessage, *self._messages)
-        append_events(self.connection, self.actor, self._events)
+        if self.connection is not None:
+            return append_events(self.connection, self.actor, self._events, head)
+        if not self._events:
+            return None
+        assert head is not None, "a gathering unit chains onto a known head"
+        rows = chain_rows(head, self.actor, self._events)
+        self.statements.append((CHAIN_LOCK, {"k": CHAIN_LOCK_KEY}))
+        self.statements += [(AUDIT_INSERT, row) for row in rows]
+        return str(rows[-1]["hash"])
 
     def _close(self) -> None:
         if self._session is not None:
@@ -278,8 +310,16 @@ class RunStore:
     def __init__(self, sessions: sessionmaker[Session]) -> None:
         self.sessions = sessions
         self.engine: Engine = sessions.kw["bind"]
+        self._scripts = self.engine.dialect.name == "postgresql"
 
-    def unit(self, work: Callable[[Unit], T], *, actor: str, durable: bool = True) -> T:
+    def unit(
+        self,
+        work: Callable[[Unit], T],
+        *,
+        actor: str,
+        durable: bool = True,
+        writes_only: bool = False,
+    ) -> T:
         """Run `work` in one transaction with its audit events; retried when another writer
         appended to the audit chain first (the chain's unique `prev_hash` refuses a fork).
 
@@ -287,17 +327,30 @@ class RunStore:
         a millisecond here): for what a crash may lose because it is done again on resume,
         like a call's result. The next durable commit flushes it anyway: the log is written
         in order. SQLite in WAL mode never waits for the disk at commit (`aiassist.store.db`).
+
+        `writes_only` promises that `work` reads nothing back and uses no session: on
+        PostgreSQL, when this process knows the audit chain's head (`ChainHeads`), the
+        whole transaction then goes to the server in one round trip (`aiassist.store.script`).
         """
         for attempt in range(_RETRIES):
             unit = None
+            head = chain_heads.get(self.engine)
             try:
-                with self.engine.begin() as connection:
-                    if not durable and connection.dialect.name == "postgresql":
-                        connection.exec_driver_sql(_NOT_DURABLE)
-                    unit = Unit(connection, actor)
+                if writes_only and self._scripts and head is not None:
+                    unit = Unit(None, actor)
                     result = work(unit)
-                    unit._flush()
-            except (IntegrityError, OperationalError):
+                    new_head = unit._flush(head)
+                    script.send(self.engine, unit.statements, durable=durable)
+                else:
+                    with self.engine.begin() as connection:
+                        if not durable and connection.dialect.name == "postgresql":
+                            connection.exec_driver_sql(_NOT_DURABLE)
+                        unit = Unit(connection, actor)
+                        result = work(unit)
+                        new_head = unit._flush(head)
+            except (IntegrityError, OperationalError) as exc:
+                if isinstance(exc, IntegrityError):  # most likely a fork refused: read the head
+                    chain_heads.contended(self.engine)
                 if attempt == _RETRIES - 1:
                     raise
                 time.sleep(random.uniform(0, 0.005 * (attempt + 1)))
@@ -305,6 +358,7 @@ class RunStore:
             finally:
                 if unit is not None:
                     unit._close()
+            chain_heads.committed(self.engine, new_head)
             return result
         raise AssertionError("unreachable")
 

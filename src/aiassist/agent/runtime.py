@@ -206,8 +206,12 @@ class Runtime:
         """`db_in_thread` says where database work runs. By default (None) it runs on the
         event loop on SQLite, whose commits are CPU work under the GIL (their disk flush is
         a background checkpoint's: see `aiassist.store.db`), so a thread would only add a
-        switch of 0.1-0.3 ms to each; and in a worker thread on a server database, whose
-        round trips and flushes a thread lets the loop spend on other requests.
+        switch of 0.1-0.3 ms to each. On a server database, reads and the rarer writes of
+        several round trips run in a worker thread, which lets the loop serve others
+        meanwhile; the writes of each tool call, one round trip each (`RunStore.unit`),
+        stay on the loop, since the switch would cost about as much as the round trip to
+        a nearby server. True puts all of it in a thread (a distant database), False all
+        of it on the loop.
 
         With `keys`, a run started by an API key goes on only while that key is valid: each
         time a run is driven (after an approval, a crash, a restart) its key is looked up
@@ -232,9 +236,10 @@ class Runtime:
         self.rate_limit_wait = rate_limit_wait
         self.lease_seconds = lease_seconds
         self.system_prompt = system_prompt
-        if db_in_thread is None:
-            db_in_thread = self.store.engine.dialect.name != "sqlite"
-        self.db_in_thread = db_in_thread
+        self.db_in_thread = (
+            self.store.engine.dialect.name != "sqlite" if db_in_thread is None else db_in_thread
+        )
+        self._writes_in_thread = bool(db_in_thread)
         self.metrics = metrics
         self.keys = keys
         #: The time flows' `wait` steps are measured by (tests move it instead of sleeping).
@@ -798,7 +803,7 @@ class Runtime:
         )
         fresh = record is None or record.status != CallStatus.STARTED
         if fresh and tool.risk is not Risk.READ:  # the intent record, before the side effect
-            record = await self._db(
+            record = await self._write(
                 self._write_intent, state, step, call_id, tool, arguments, verdict, key
             )
             state.calls[call_id] = record
@@ -950,7 +955,7 @@ class Runtime:
             )
             return row
 
-        return self._unit(state, work)
+        return self._unit(state, work, writes_only=True)
 
     async def _settle_new(
         self,
@@ -966,7 +971,9 @@ class Runtime:
         duration_ms: float | None = None,
     ) -> None:
         row = self._call_row(state, step, call, tool, verdict, status, key)
-        await self._db(self._write_result, state, row, status, result, duration_ms, True, verdict)
+        await self._write(
+            self._write_result, state, row, status, result, duration_ms, True, verdict
+        )
 
     async def _settle(
         self,
@@ -977,7 +984,9 @@ class Runtime:
         *,
         duration_ms: float | None = None,
     ) -> None:
-        await self._db(self._write_result, state, record, status, result, duration_ms, False, None)
+        await self._write(
+            self._write_result, state, record, status, result, duration_ms, False, None
+        )
 
     def _write_result(
         self,
@@ -1047,7 +1056,7 @@ class Runtime:
 
         # not durable: a result lost in a crash is got again on resume (a read is repeated,
         # a write's intent makes it repeat with the same idempotency key)
-        self._unit(state, work, durable=False)
+        self._unit(state, work, durable=False, writes_only=True)
         if self.metrics is not None:
             self.metrics.agent_tool_calls.labels(record.tool, status.value).inc()
         record.status = status
@@ -1174,18 +1183,25 @@ class Runtime:
                 if status is RunStatus.SUCCEEDED and flow is not None and flow.minutes_saved:
                     self.metrics.flow_minutes_saved.labels(run.flow).inc(flow.minutes_saved)
 
-    def _unit(self, state: RunState, work: Callable[[Unit], T], durable: bool = True) -> T:
-        """One transaction of the run: its deferred writes first, then `work`."""
+    def _unit(
+        self,
+        state: RunState,
+        work: Callable[[Unit], T],
+        durable: bool = True,
+        writes_only: bool = False,
+    ) -> T:
+        """One transaction of the run: its deferred writes (which only write) first, then
+        `work`; `writes_only` as `RunStore.unit` has it."""
         deferred = list(state.deferred)
-        if not deferred:
-            return self.store.unit(work, actor=state.run.principal, durable=durable)
 
         def all_work(unit: Unit) -> T:
             for write in deferred:
                 write(unit)
             return work(unit)
 
-        result = self.store.unit(all_work, actor=state.run.principal, durable=durable)
+        result = self.store.unit(
+            all_work, actor=state.run.principal, durable=durable, writes_only=writes_only
+        )
         del state.deferred[: len(deferred)]
         return result
 
@@ -1193,6 +1209,12 @@ class Runtime:
         if not self.db_in_thread:
             return fn(*args, **kwargs)
         return await anyio.to_thread.run_sync(lambda: fn(*args, **kwargs))
+
+    async def _write(self, fn: Callable[..., T], *args: Any) -> T:
+        """A tool call's write, one round trip: on the loop unless `db_in_thread=True`."""
+        if not self._writes_in_thread:
+            return fn(*args)
+        return await anyio.to_thread.run_sync(lambda: fn(*args))
 
 
 def _seconds(value: float) -> Any:

@@ -2,7 +2,9 @@
 
 Each event's hash covers its content and the previous event's hash. `prev_hash` is unique,
 so concurrent writers cannot fork the chain: the loser of a race re-reads the head and retries.
-On PostgreSQL writers also queue on an advisory lock, so they rarely race at all.
+A process that writes alone appends onto the head it wrote last (`ChainHeads`), without
+reading it again; once writers contend, they read it. Writers queue on a lock (an advisory
+lock on PostgreSQL, SQLite's write lock), so they rarely race at all.
 """
 
 from __future__ import annotations
@@ -12,22 +14,35 @@ import json
 import random
 import threading
 import time
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, insert, select, text
+from sqlalchemy import Connection, Engine, insert, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from aiassist.store.models import AuditEvent, utcnow
 
-__all__ = ["GENESIS", "AuditLog", "ChainCheck", "append_events"]
+__all__ = [
+    "AUDIT_INSERT",
+    "CHAIN_LOCK",
+    "CHAIN_LOCK_KEY",
+    "GENESIS",
+    "AuditLog",
+    "ChainCheck",
+    "ChainHeads",
+    "append_events",
+    "chain_heads",
+    "chain_rows",
+]
 
 GENESIS = "0" * 64
 _RACE_RETRIES = 50
-_PG_LOCK = 0x61756469  # advisory lock key of the audit chain
+CHAIN_LOCK_KEY = 0x61756469  # advisory lock key of the audit chain
+CONTENDED_SECONDS = 1.0
 
 
 def _canonical_time(at: datetime) -> str:
@@ -59,22 +74,85 @@ class ChainCheck:
 
 
 _HEAD = select(AuditEvent.hash).order_by(AuditEvent.id.desc()).limit(1)
-_LOCK = text("SELECT pg_advisory_xact_lock(:k)")
+#: On PostgreSQL every append holds this lock to its commit, guessing the head or not: a
+#: writer that reads the head under it then never loses the race to one that guessed.
+CHAIN_LOCK = text("SELECT pg_advisory_xact_lock(:k)")
+AUDIT_INSERT = insert(AuditEvent).inline()  # nobody reads the generated ids back
+
+
+class ChainHeads:
+    """The last hash this process committed to each PostgreSQL database's chain, while it is
+    the only writer there: the next append chains onto it without reading it.
+
+    The guess is safe because `prev_hash` is unique: if another writer appended meanwhile,
+    the commit is refused (IntegrityError), `contended` forgets the guess and, for
+    `CONTENDED_SECONDS`, appends read the head under the lock again.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._heads: weakref.WeakKeyDictionary[Engine, tuple[str | None, float]] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    def get(self, engine: Engine) -> str | None:
+        """The head to chain onto without reading it, or None: read it under the lock.
+
+        Always None on SQLite: there reading the head costs no round trip, and a writer
+        that never reads would starve one that does (its snapshot goes stale at every
+        commit of the other, which has to start again)."""
+        if engine.dialect.name != "postgresql":
+            return None
+        with self._lock:
+            head, contended_until = self._heads.get(engine, (None, 0.0))
+        return head if time.monotonic() >= contended_until else None
+
+    def committed(self, engine: Engine, head: str | None) -> None:
+        """`head` is the chain's last hash as of a commit this process just made."""
+        if head is None:
+            return
+        with self._lock:
+            _, contended_until = self._heads.get(engine, (None, 0.0))
+            self._heads[engine] = (head, contended_until)
+
+    def contended(self, engine: Engine) -> None:
+        with self._lock:
+            self._heads[engine] = (None, time.monotonic() + CONTENDED_SECONDS)
+
+
+chain_heads = ChainHeads()
 
 
 def append_events(
-    connection: Connection, actor: str, events: Sequence[tuple[str, str, dict[str, Any]]]
-) -> None:
-    """Chain `events` (kind, subject, JSON-able data) onto the log in the caller's transaction.
+    connection: Connection,
+    actor: str,
+    events: Sequence[tuple[str, str, dict[str, Any]]],
+    head: str | None = None,
+) -> str | None:
+    """Chain `events` (kind, subject, JSON-able data) onto the log in the caller's transaction
+    and return the new head (None when there was nothing to append).
 
-    So a change and the events describing it commit together. If another writer appended
-    first, the commit fails on the unique `prev_hash` (IntegrityError): retry the transaction.
+    So a change and the events describing it commit together. `head`, the chain's last hash
+    if the caller knows it (`ChainHeads`), saves locking and reading it. If another writer
+    appended first, the commit fails on the unique `prev_hash` (IntegrityError): retry the
+    transaction.
     """
     if not events:
-        return
+        return None
     if connection.dialect.name == "postgresql":  # writers queue, not race
-        connection.execute(_LOCK, {"k": _PG_LOCK})
-    prev = connection.scalar(_HEAD) or GENESIS
+        connection.execute(CHAIN_LOCK, {"k": CHAIN_LOCK_KEY})
+    if head is None:
+        head = connection.scalar(_HEAD) or GENESIS
+    rows = chain_rows(head, actor, events)
+    connection.execute(AUDIT_INSERT, rows)  # in order: ids follow the chain
+    return str(rows[-1]["hash"])
+
+
+def chain_rows(
+    head: str, actor: str, events: Sequence[tuple[str, str, dict[str, Any]]]
+) -> list[dict[str, Any]]:
+    """The audit rows of `events` chained onto `head`, in order."""
+    prev = head
     actor = actor[:100]
     rows = []
     for kind, long_subject, data in events:
@@ -83,7 +161,7 @@ def append_events(
         row = {"at": at, "actor": actor, "kind": kind, "subject": subject, "data": data}
         rows.append(row | {"prev_hash": prev, "hash": digest})
         prev = digest
-    connection.execute(insert(AuditEvent), rows)  # in order: ids follow the chain
+    return rows
 
 
 class AuditLog:
@@ -95,14 +173,22 @@ class AuditLog:
         self, kind: str, subject: str, *, actor: str, data: dict[str, Any] | None = None
     ) -> None:
         payload = json.loads(json.dumps(data or {}, default=str))  # what the JSON column returns
+        engine = self._sessions.kw["bind"]
         for attempt in range(_RACE_RETRIES):
             with self._lock, self._sessions() as session:
-                append_events(session.connection(), actor, [(kind, subject, payload)])
                 try:
+                    head = append_events(
+                        session.connection(),
+                        actor,
+                        [(kind, subject, payload)],
+                        chain_heads.get(engine),
+                    )
                     session.commit()
-                except IntegrityError:  # another process appended first: re-read the head
+                except IntegrityError:  # another writer appended first: read the head
                     session.rollback()
+                    chain_heads.contended(engine)
                 else:
+                    chain_heads.committed(engine, head)
                     return
             time.sleep(random.uniform(0, 0.005 * (attempt + 1)))
         raise RuntimeError("audit log: could not append after repeated write races")

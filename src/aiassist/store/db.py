@@ -121,6 +121,7 @@ def _ping_when_idle(engine: Engine) -> None:
             cursor = dbapi_connection.cursor()
             cursor.execute("SELECT 1")
             cursor.close()
+            dbapi_connection.rollback()  # leave no transaction open: the next user begins one
         except engine.dialect.loaded_dbapi.Error as exc:  # the pool connects again
             raise DisconnectionError(str(exc)) from exc
 
