@@ -133,9 +133,9 @@ def append_events(
     and return the new head (None when there was nothing to append).
 
     So a change and the events describing it commit together. `head`, the chain's last hash
-    if the caller knows it (`ChainHeads`), saves locking and reading it. If another writer
-    appended first, the commit fails on the unique `prev_hash` (IntegrityError): retry the
-    transaction.
+    if the caller knows it (`ChainHeads`), saves reading it. If another writer appended
+    first, the insert or the commit fails on the unique `prev_hash` (IntegrityError): retry
+    the transaction.
     """
     if not events:
         return None
