@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import multiprocessing
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from itertools import pairwise
 from pathlib import Path
@@ -259,6 +260,45 @@ def test_a_failed_script_commits_nothing_and_its_connection_goes_on(pg_url: str)
     script.send(engine, [(insert, row)], durable=False)  # the one connection goes on
     with engine.connect() as conn:
         assert conn.scalar(select(AgentRun.task)) == row["task"]
+    engine.dispose()
+
+
+def test_a_unit_whose_connection_died_is_sent_again_on_a_new_one(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(db, "PING_IDLE_SECONDS", 3600.0)  # no check on checkout: the script
+    engine = make_engine(pg_url, pool_size=1)  # finds out
+    store = RunStore(make_sessionmaker(engine))
+    sent: list[str] = []
+    send = script.send
+
+    def counted(*args: Any, **kwargs: Any) -> None:
+        try:
+            send(*args, **kwargs)
+        except Exception as exc:
+            sent.append(type(exc).__name__)
+            raise
+        sent.append("ok")
+
+    monkeypatch.setattr(script, "send", counted)
+
+    def event(name: str) -> Callable[[Unit], None]:
+        return lambda unit: unit.audit("test.unit", name, {})
+
+    store.unit(event("first"), actor="t", writes_only=True)  # the head is known from here
+    store.unit(event("second"), actor="t", writes_only=True)
+    with engine.connect() as conn:
+        pid = conn.exec_driver_sql("SELECT pg_backend_pid()").scalar()
+    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:  # as a server restart would
+        conn.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+    admin.dispose()
+    store.unit(event("third"), actor="t", writes_only=True)
+    assert sent == ["ok", "OperationalError", "ok"]  # the first unit read the head
+    log = AuditLog(make_sessionmaker(engine))
+    assert log.verify().ok and log.verify().events == 3
+    with engine.connect() as conn:
+        assert conn.exec_driver_sql("SELECT pg_backend_pid()").scalar() != pid
     engine.dispose()
 
 
