@@ -61,7 +61,6 @@ __all__ = [
 
 T = TypeVar("T")
 _RETRIES = 30
-_NOT_DURABLE = "SET LOCAL synchronous_commit TO OFF"
 
 
 class RunStatus(StrEnum):
@@ -344,7 +343,7 @@ class RunStore:
                 else:
                     with self.engine.begin() as connection:
                         if not durable and connection.dialect.name == "postgresql":
-                            connection.exec_driver_sql(_NOT_DURABLE)
+                            connection.exec_driver_sql(script.NOT_DURABLE)
                         unit = Unit(connection, actor)
                         result = work(unit)
                         new_head = unit._flush(head)

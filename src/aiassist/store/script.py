@@ -19,9 +19,11 @@ from sqlalchemy.sql.base import Executable
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.dml import Insert
 
-__all__ = ["Statement", "send"]
+__all__ = ["NOT_DURABLE", "Statement", "send"]
 
 Statement = tuple[Executable, dict[str, Any]]
+#: A transaction's commit that does not wait for the server's disk flush (PostgreSQL).
+NOT_DURABLE = "SET LOCAL synchronous_commit TO OFF"
 _CACHE_SIZE = 256
 _compiled: dict[tuple[int, tuple[str, ...]], tuple[Executable, SQLCompiler]] = {}
 
@@ -71,7 +73,7 @@ def send(engine: Engine, statements: Sequence[Statement], *, durable: bool = Tru
         cursor = ClientCursor(driver)
         parts, templates = ["BEGIN"], []
         if not durable:
-            parts.append("SET LOCAL synchronous_commit TO OFF")
+            parts.append(NOT_DURABLE)
         for statement, params in statements:
             if isinstance(statement, Insert):
                 params = _with_defaults(statement.table, params)  # type: ignore[arg-type]
