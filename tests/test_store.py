@@ -130,7 +130,7 @@ def test_writers_that_guess_the_head_wrong_retry_and_keep_one_chain(db_url: str)
     logs = [AuditLog(make_sessionmaker(e)) for e in engines]
     stores = [RunStore(make_sessionmaker(e)) for e in engines]
 
-    def event(i: int) -> None:
+    def append_unit(i: int) -> None:
         def work(unit: Unit) -> None:
             unit.audit("test.unit", str(i), {"i": i})
 
@@ -138,7 +138,7 @@ def test_writers_that_guess_the_head_wrong_retry_and_keep_one_chain(db_url: str)
 
     for i in range(12):
         logs[i % 2].append("test.append", str(i), actor="test", data={"i": i})
-        event(i)
+        append_unit(i)
     check = logs[0].verify()
     assert check.ok and check.events == 24
     with engines[0].connect() as conn:  # the chain's order is the order of the writes
@@ -282,18 +282,18 @@ def test_a_unit_whose_connection_died_is_sent_again_on_a_new_one(
 
     monkeypatch.setattr(script, "send", counted)
 
-    def event(name: str) -> Callable[[Unit], None]:
+    def audited(name: str) -> Callable[[Unit], None]:
         return lambda unit: unit.audit("test.unit", name, {})
 
-    store.unit(event("first"), actor="t", writes_only=True)  # the head is known from here
-    store.unit(event("second"), actor="t", writes_only=True)
+    store.unit(audited("first"), actor="t", writes_only=True)  # the head is known from here
+    store.unit(audited("second"), actor="t", writes_only=True)
     with engine.connect() as conn:
         pid = conn.exec_driver_sql("SELECT pg_backend_pid()").scalar()
     admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:  # as a server restart would
         conn.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
     admin.dispose()
-    store.unit(event("third"), actor="t", writes_only=True)
+    store.unit(audited("third"), actor="t", writes_only=True)
     assert sent == ["ok", "OperationalError", "ok"]  # the first unit read the head
     log = AuditLog(make_sessionmaker(engine))
     assert log.verify().ok and log.verify().events == 3
