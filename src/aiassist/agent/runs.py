@@ -29,14 +29,7 @@ from sqlalchemy.sql.dml import Insert
 
 from aiassist.agent.providers.base import Message, ToolCall
 from aiassist.store import script
-from aiassist.store.audit import (
-    AUDIT_INSERT,
-    CHAIN_LOCK,
-    CHAIN_LOCK_KEY,
-    append_events,
-    chain_heads,
-    chain_rows,
-)
+from aiassist.store.audit import append_events, append_statements, chain_heads
 from aiassist.store.models import (
     AgentApproval,
     AgentMessage,
@@ -292,10 +285,9 @@ class Unit:
         if not self._events:
             return None
         assert head is not None, "a gathering unit chains onto a known head"
-        rows = chain_rows(head, self.actor, self._events)
-        self.statements.append((CHAIN_LOCK, {"k": CHAIN_LOCK_KEY}))
-        self.statements += [(AUDIT_INSERT, row) for row in rows]
-        return str(rows[-1]["hash"])
+        statements, new_head = append_statements(head, self.actor, self._events)
+        self.statements += statements
+        return new_head
 
     def _close(self) -> None:
         if self._session is not None:

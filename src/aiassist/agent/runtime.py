@@ -1206,15 +1206,18 @@ class Runtime:
         return result
 
     async def _db(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        if not self.db_in_thread:
-            return fn(*args, **kwargs)
-        return await anyio.to_thread.run_sync(lambda: fn(*args, **kwargs))
+        return await _on(self.db_in_thread, fn, *args, **kwargs)
 
     async def _write(self, fn: Callable[..., T], *args: Any) -> T:
         """A tool call's write, one round trip: on the loop unless `db_in_thread=True`."""
-        if not self._writes_in_thread:
-            return fn(*args)
-        return await anyio.to_thread.run_sync(lambda: fn(*args))
+        return await _on(self._writes_in_thread, fn, *args)
+
+
+async def _on(in_thread: bool, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """`fn(*args, **kwargs)` in a worker thread, or right here on the loop."""
+    if not in_thread:
+        return fn(*args, **kwargs)
+    return await anyio.to_thread.run_sync(lambda: fn(*args, **kwargs))
 
 
 def _seconds(value: float) -> Any:

@@ -23,25 +23,23 @@ from typing import Any
 from sqlalchemy import Connection, Engine, insert, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.sql.base import Executable
 
 from aiassist.store.models import AuditEvent, utcnow
 
 __all__ = [
-    "AUDIT_INSERT",
-    "CHAIN_LOCK",
-    "CHAIN_LOCK_KEY",
     "GENESIS",
     "AuditLog",
     "ChainCheck",
     "ChainHeads",
     "append_events",
+    "append_statements",
     "chain_heads",
-    "chain_rows",
 ]
 
 GENESIS = "0" * 64
 _RACE_RETRIES = 50
-CHAIN_LOCK_KEY = 0x61756469  # advisory lock key of the audit chain
+_LOCK_KEY = 0x61756469  # advisory lock key of the audit chain
 CONTENDED_SECONDS = 1.0
 
 
@@ -76,8 +74,8 @@ class ChainCheck:
 _HEAD = select(AuditEvent.hash).order_by(AuditEvent.id.desc()).limit(1)
 #: On PostgreSQL every append holds this lock to its commit, guessing the head or not: a
 #: writer that reads the head under it then never loses the race to one that guessed.
-CHAIN_LOCK = text("SELECT pg_advisory_xact_lock(:k)")
-AUDIT_INSERT = insert(AuditEvent).inline()  # nobody reads the generated ids back
+_LOCK = text("SELECT pg_advisory_xact_lock(:k)")
+_INSERT = insert(AuditEvent).inline()  # nobody reads the generated ids back
 
 
 class ChainHeads:
@@ -101,7 +99,7 @@ class ChainHeads:
         Always None on SQLite: there reading the head costs no round trip, and a writer
         that never reads would starve one that does (its snapshot goes stale at every
         commit of the other, which has to start again)."""
-        if engine.dialect.name != "postgresql":
+        if not _guesses(engine):
             return None
         with self._lock:
             head, contended_until = self._heads.get(engine, (None, 0.0))
@@ -109,7 +107,7 @@ class ChainHeads:
 
     def committed(self, engine: Engine, head: str | None) -> None:
         """`head` is the chain's last hash as of a commit this process just made."""
-        if head is None:
+        if head is None or not _guesses(engine):
             return
         with self._lock:
             _, contended_until = self._heads.get(engine, (None, 0.0))
@@ -118,6 +116,10 @@ class ChainHeads:
     def contended(self, engine: Engine) -> None:
         with self._lock:
             self._heads[engine] = (None, time.monotonic() + CONTENDED_SECONDS)
+
+
+def _guesses(engine: Engine) -> bool:
+    return engine.dialect.name == "postgresql"
 
 
 chain_heads = ChainHeads()
@@ -140,15 +142,25 @@ def append_events(
     if not events:
         return None
     if connection.dialect.name == "postgresql":  # writers queue, not race
-        connection.execute(CHAIN_LOCK, {"k": CHAIN_LOCK_KEY})
+        connection.execute(_LOCK, {"k": _LOCK_KEY})
     if head is None:
         head = connection.scalar(_HEAD) or GENESIS
-    rows = chain_rows(head, actor, events)
-    connection.execute(AUDIT_INSERT, rows)  # in order: ids follow the chain
+    rows = _chain_rows(head, actor, events)
+    connection.execute(_INSERT, rows)  # in order: ids follow the chain
     return str(rows[-1]["hash"])
 
 
-def chain_rows(
+def append_statements(
+    head: str, actor: str, events: Sequence[tuple[str, str, dict[str, Any]]]
+) -> tuple[list[tuple[Executable, dict[str, Any]]], str]:
+    """What `append_events` does onto a known `head` on PostgreSQL, as statements to send
+    later (`aiassist.store.script`), and the new head."""
+    rows = _chain_rows(head, actor, events)
+    statements: list[tuple[Executable, dict[str, Any]]] = [(_LOCK, {"k": _LOCK_KEY})]
+    return statements + [(_INSERT, row) for row in rows], str(rows[-1]["hash"])
+
+
+def _chain_rows(
     head: str, actor: str, events: Sequence[tuple[str, str, dict[str, Any]]]
 ) -> list[dict[str, Any]]:
     """The audit rows of `events` chained onto `head`, in order."""
