@@ -50,6 +50,7 @@ from aiassist.agent.policy import service_identity
 from aiassist.agent.providers.base import Message, ModelTurn
 from aiassist.agent.providers.test import TestModel, call
 from aiassist.agent.runtime import Runtime
+from aiassist.store import script
 from aiassist.store.audit import AuditLog
 from aiassist.store.db import checkpoint, make_engine, make_sessionmaker, upgrade
 from aiassist.store.keys import Principal
@@ -134,8 +135,7 @@ class TimedRuntime(Runtime):
 
 
 def timing_waits(engine: Engine) -> Engine:
-    """`engine`, its dialect's COMMIT and its transactions sent as one script (PostgreSQL,
-    `aiassist.store.script`) timed into `_wait_ns`."""
+    """`engine`, its dialect's COMMIT timed into `_wait_ns`."""
     commit = engine.dialect.do_commit
 
     def timed(dbapi_connection: Any) -> None:
@@ -146,23 +146,22 @@ def timing_waits(engine: Engine) -> Engine:
             _wait_ns.append(time.perf_counter_ns() - started)
 
     engine.dialect.do_commit = timed  # type: ignore[method-assign]
-    if engine.dialect.name == "postgresql":
-
-        @event.listens_for(engine, "connect")
-        def _on(dbapi_connection: Any, _record: Any) -> None:
-            execute = dbapi_connection.execute
-
-            def timed_execute(query: Any, *args: Any, **kwargs: Any) -> Any:
-                started = time.perf_counter_ns()
-                try:
-                    return execute(query, *args, **kwargs)
-                finally:
-                    if isinstance(query, str) and query.startswith("BEGIN;"):
-                        _wait_ns.append(time.perf_counter_ns() - started)
-
-            dbapi_connection.execute = timed_execute
-
     return engine
+
+
+def timing_scripts() -> None:
+    """Time into `_wait_ns` what each transaction sent as one script (PostgreSQL) waits
+    for the server's answer (`aiassist.store.script.Sent.wait`)."""
+    wait = script.Sent.wait
+
+    def timed(sent: script.Sent) -> None:
+        started = time.perf_counter_ns()
+        try:
+            wait(sent)
+        finally:
+            _wait_ns.append(time.perf_counter_ns() - started)
+
+    script.Sent.wait = timed  # type: ignore[method-assign]
 
 
 def checkpoint_in_commit(url: str) -> Engine:
@@ -333,6 +332,7 @@ def main() -> None:
     parser.add_argument("--calls", type=int, help="measured tool calls per kind and database")
     args = parse_args(parser, "agent_overhead", {"calls": 1000}, {"calls": 40})
     started = datetime.now(UTC)
+    timing_scripts()
     machine = machine_info(["sqlalchemy", "psycopg", "anyio", "pydantic"])
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:

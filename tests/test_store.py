@@ -20,6 +20,7 @@ from sqlalchemy.exc import IntegrityError
 from aiassist.agent.runs import RunStore, Unit
 from aiassist.engine import Engine
 from aiassist.metrics import Metrics
+from aiassist.store import audit as audit_module
 from aiassist.store import db, script
 from aiassist.store.audit import AuditLog, chain_heads
 from aiassist.store.db import make_engine, make_sessionmaker
@@ -184,7 +185,9 @@ def test_writers_in_two_processes_keep_one_chain(db_url: str) -> None:
     engine.dispose()
 
 
-def test_a_unit_that_only_writes_is_one_round_trip_on_postgres(pg_url: str) -> None:
+def test_a_unit_that_only_writes_is_one_round_trip_on_postgres(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     engine = make_engine(pg_url)
     store = RunStore(make_sessionmaker(engine))
     with engine.begin() as conn:
@@ -216,6 +219,11 @@ def test_a_unit_that_only_writes_is_one_round_trip_on_postgres(pg_url: str) -> N
         execute = dbapi_connection.execute
         dbapi_connection.execute = lambda q, *a, **k: (queries.append(q), execute(q, *a, **k))[1]
 
+    send = script.send
+    monkeypatch.setattr(
+        script, "send", lambda *a, **k: (queries.append("script"), send(*a, **k))[1]
+    )
+
     def work(unit: Unit) -> None:
         unit.message("r1", 0, "user", "hello")
         unit.message("r1", 1, "assistant", {"text": "it's done"})
@@ -224,7 +232,7 @@ def test_a_unit_that_only_writes_is_one_round_trip_on_postgres(pg_url: str) -> N
         unit.audit("test.call", "r1", {"tool": "x"})
 
     store.unit(work, actor="t", writes_only=True)
-    assert statements == [] and len(queries) == 1  # no statement of its own: one script
+    assert statements == [] and queries == ["script"]  # no statement of its own: one query
     with engine.connect() as conn:
         rows = conn.execute(
             select(AgentMessage.seq, AgentMessage.content, AgentMessage.created_at).order_by(
@@ -253,11 +261,11 @@ def test_a_failed_script_commits_nothing_and_its_connection_goes_on(pg_url: str)
     }
     insert = AgentRun.__table__.insert()
     with pytest.raises(IntegrityError) as failed:
-        script.send(engine, [(insert, row), (insert, row)])  # the same key twice
+        script.send(engine, [(insert, row), (insert, row)]).wait()  # the same key twice
     assert "4111" not in str(failed.value)  # the statements, not the values
     with engine.connect() as conn:
         assert conn.scalar(select(func.count()).select_from(AgentRun)) == 0
-    script.send(engine, [(insert, row)], durable=False)  # the one connection goes on
+    script.send(engine, [(insert, row)], durable=False).wait()  # the one connection goes on
     with engine.connect() as conn:
         assert conn.scalar(select(AgentRun.task)) == row["task"]
     engine.dispose()
@@ -272,15 +280,19 @@ def test_a_unit_whose_connection_died_is_sent_again_on_a_new_one(
     sent: list[str] = []
     send = script.send
 
-    def counted(*args: Any, **kwargs: Any) -> None:
-        try:
-            send(*args, **kwargs)
-        except Exception as exc:
-            sent.append(type(exc).__name__)
-            raise
-        sent.append("ok")
+    class Counted:
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            self.sent = send(*args, **kwargs)
 
-    monkeypatch.setattr(script, "send", counted)
+        def wait(self) -> None:
+            try:
+                self.sent.wait()
+            except Exception as exc:
+                sent.append(type(exc).__name__)
+                raise
+            sent.append("ok")
+
+    monkeypatch.setattr(script, "send", Counted)
 
     def audited(name: str) -> Callable[[Unit], None]:
         return lambda unit: unit.audit("test.unit", name, {})
@@ -299,6 +311,38 @@ def test_a_unit_whose_connection_died_is_sent_again_on_a_new_one(
     assert log.verify().ok and log.verify().events == 3
     with engine.connect() as conn:
         assert conn.exec_driver_sql("SELECT pg_backend_pid()").scalar() != pid
+    engine.dispose()
+
+
+def test_a_unit_sent_without_waiting_is_confirmed_or_run_again(pg_url: str) -> None:
+    engine = make_engine(pg_url)
+    store = RunStore(make_sessionmaker(engine))
+    log = AuditLog(make_sessionmaker(engine))
+    log.append("test.first", "r", actor="t")  # this process knows the head from here
+    other = make_engine(pg_url)  # another writer, which holds the chain's lock a while
+    with other.connect() as conn:
+        conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": audit_module._LOCK_KEY})
+        conn.commit()
+        store.unit(
+            lambda unit: unit.audit("test.sent", "r", {}), actor="t", writes_only=True, wait=False
+        )  # back at once: the server is waiting for the lock
+        assert log.verify().events == 1
+        audit_module.append_events(conn, "other", [("test.other", "r", {})])  # first in
+        conn.commit()
+        conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": audit_module._LOCK_KEY})
+        conn.commit()
+    # the unit sent lost the race on the chain's head: confirming it runs it again
+    store.unit(lambda unit: unit.audit("test.next", "r", {}), actor="t", writes_only=True)
+    with engine.connect() as conn:
+        kinds = conn.scalars(select(AuditEvent.kind).order_by(AuditEvent.id)).all()
+    assert kinds == ["test.first", "test.other", "test.sent", "test.next"]
+    assert log.verify().ok
+    store.unit(
+        lambda unit: unit.audit("test.last", "r", {}), actor="t", writes_only=True, wait=False
+    )
+    store.confirm()  # the answer taken: it is in
+    assert log.verify().events == 5
+    other.dispose()
     engine.dispose()
 
 

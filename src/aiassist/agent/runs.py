@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -294,6 +295,17 @@ class Unit:
             self._session.close()
 
 
+@dataclass(frozen=True)
+class _Pending:
+    """A unit sent without waiting (`RunStore.unit(wait=False)`), and how to run it again."""
+
+    sent: script.Sent
+    head: str | None
+    work: Callable[[Unit], Any]
+    actor: str
+    durable: bool
+
+
 class RunStore:
     """Transactions over the agent tables. Synchronous: the runtime decides where it runs
     (on its event loop or in a worker thread, see `Runtime`)."""
@@ -302,6 +314,9 @@ class RunStore:
         self.sessions = sessions
         self.engine: Engine = sessions.kw["bind"]
         self._scripts = self.engine.dialect.name == "postgresql"
+        self._pending: _Pending | None = None
+        self._lock = threading.Lock()
+        self._confirming = threading.RLock()  # a failed unit runs again from inside
 
     def unit(
         self,
@@ -310,6 +325,7 @@ class RunStore:
         actor: str,
         durable: bool = True,
         writes_only: bool = False,
+        wait: bool = True,
     ) -> T:
         """Run `work` in one transaction with its audit events; retried when another writer
         appended to the audit chain first (the chain's unique `prev_hash` refuses a fork).
@@ -322,7 +338,11 @@ class RunStore:
         `writes_only` promises that `work` reads nothing back and uses no session: on
         PostgreSQL, when this process knows the audit chain's head (`ChainHeads`), the
         whole transaction then goes to the server in one round trip (`aiassist.store.script`).
+        `wait=False` returns as soon as it is sent, for what a crash may lose as with
+        `durable=False`: this store's next transaction takes the server's answer first
+        (`confirm`).
         """
+        self.confirm()
         for attempt in range(_RETRIES):
             unit = None
             head = chain_heads.get(self.engine)
@@ -331,7 +351,10 @@ class RunStore:
                     unit = Unit(None, actor)
                     result = work(unit)
                     new_head = unit._flush(head)
-                    script.send(self.engine, unit.statements, durable=durable)
+                    sent = script.send(self.engine, unit.statements, durable=durable)
+                    if not wait and self._hold(_Pending(sent, new_head, work, actor, durable)):
+                        return result
+                    sent.wait()
                 else:
                     with self.engine.begin() as connection:
                         if not durable and connection.dialect.name == "postgresql":
@@ -352,6 +375,33 @@ class RunStore:
             chain_heads.committed(self.engine, new_head)
             return result
         raise AssertionError("unreachable")
+
+    def _hold(self, pending: _Pending) -> bool:
+        """Keep `pending` for `confirm`, unless another unit's answer is awaited already."""
+        with self._lock:
+            if self._pending is not None:
+                return False
+            self._pending = pending
+            return True
+
+    def confirm(self) -> None:
+        """Take the server's answer to the unit sent without waiting, if any; if it failed,
+        the unit runs again (its error is raised if it fails every time)."""
+        with self._confirming:
+            with self._lock:
+                pending, self._pending = self._pending, None
+            if pending is None:
+                return
+            try:
+                pending.sent.wait()
+            except (IntegrityError, OperationalError) as exc:
+                if isinstance(exc, IntegrityError):
+                    chain_heads.contended(self.engine)
+                self.unit(
+                    pending.work, actor=pending.actor, durable=pending.durable, writes_only=True
+                )
+            else:
+                chain_heads.committed(self.engine, pending.head)
 
     # --- reads -----------------------------------------------------------------------------
     def load(self, run_id: str) -> RunState:

@@ -441,7 +441,11 @@ class Runtime:
         async with lock:
             if await self._db(self.store.claim, run_id, self.owner, self.lease_seconds):
                 try:
-                    await self._advance(run_id, provider)
+                    try:
+                        await self._advance(run_id, provider)
+                    finally:  # what the run wrote without waiting is in before it is let go
+                        with anyio.CancelScope(shield=True):
+                            await self._write(self.store.confirm)
                 except BaseException:  # shut down or crashed: another process may go on now
                     with anyio.CancelScope(shield=True):
                         await self._release(run_id)
@@ -1054,9 +1058,10 @@ class Runtime:
                     },
                 )
 
-        # not durable: a result lost in a crash is got again on resume (a read is repeated,
-        # a write's intent makes it repeat with the same idempotency key)
-        self._unit(state, work, durable=False, writes_only=True)
+        # not durable, nor waited for: a result lost in a crash is got again on resume (a
+        # read is repeated, a write's intent makes it repeat with the same idempotency key);
+        # the run's next transaction takes the server's answer first
+        self._unit(state, work, durable=False, writes_only=True, wait=False)
         if self.metrics is not None:
             self.metrics.agent_tool_calls.labels(record.tool, status.value).inc()
         record.status = status
@@ -1125,6 +1130,7 @@ class Runtime:
             self.metrics.agent_runs.labels(RunStatus.WAITING_APPROVAL.value).inc()
 
     def _set_waiting(self, run_id: str) -> None:
+        self.store.confirm()  # the run's last writes first: they may renew its lease
         with self.store.sessions() as session:
             session.execute(
                 update(AgentRun)
@@ -1189,9 +1195,10 @@ class Runtime:
         work: Callable[[Unit], T],
         durable: bool = True,
         writes_only: bool = False,
+        wait: bool = True,
     ) -> T:
         """One transaction of the run: its deferred writes (which only write) first, then
-        `work`; `writes_only` as `RunStore.unit` has it."""
+        `work`; the options as `RunStore.unit` has them."""
         deferred = list(state.deferred)
 
         def all_work(unit: Unit) -> T:
@@ -1200,7 +1207,11 @@ class Runtime:
             return work(unit)
 
         result = self.store.unit(
-            all_work, actor=state.run.principal, durable=durable, writes_only=writes_only
+            all_work,
+            actor=state.run.principal,
+            durable=durable,
+            writes_only=writes_only,
+            wait=wait,
         )
         del state.deferred[: len(deferred)]
         return result

@@ -3,13 +3,21 @@
 The agent runtime's busiest transactions only write: a handful of INSERTs and UPDATEs and
 their audit rows. Sent one by one, each statement is a round trip and a pass through the
 driver. Here each is compiled by SQLAlchemy (once, then cached), its values bound on the
-client with psycopg's own quoting (`ClientCursor.mogrify`) and the lot sent as one query
-between BEGIN and COMMIT: one round trip, whatever the number of statements.
+client with psycopg's own quoting and the lot sent as one query between BEGIN and COMMIT:
+one round trip, whatever the number of statements.
+
+`send` does not wait for the server: the caller goes on while the server works and takes
+the outcome when it needs it (`Sent.wait`). Once sent, the whole transaction, COMMIT
+included, is the server's to run, whatever becomes of the caller.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import re
+import select
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Engine, Table
@@ -19,85 +27,191 @@ from sqlalchemy.sql.base import Executable
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.dml import Insert
 
-__all__ = ["NOT_DURABLE", "Statement", "send"]
+__all__ = ["NOT_DURABLE", "Sent", "Statement", "send"]
 
 Statement = tuple[Executable, dict[str, Any]]
 #: A transaction's commit that does not wait for the server's disk flush (PostgreSQL).
 NOT_DURABLE = "SET LOCAL synchronous_commit TO OFF"
 _CACHE_SIZE = 256
-_compiled: dict[tuple[int, tuple[str, ...]], tuple[Executable, SQLCompiler]] = {}
+_PARAMETER = re.compile(r"%\(([^)]+)\)s")
+_LITERAL = "aiassist.script.literal"
+
+
+@dataclass(frozen=True)
+class _Template:
+    """A compiled statement cut at its parameters: `chunks` around `names`, in order."""
+
+    statement: Executable
+    compiled: SQLCompiler
+    chunks: list[bytes]
+    names: list[str]
+    processors: list[Callable[[Any], Any] | None]
+    #: an INSERT of one row, which the next rows of the same statement extend
+    extendable: bool
+
+
+_templates: dict[tuple[int, tuple[str, ...]], _Template] = {}
+
+
+def _template(statement: Executable, dialect: Dialect, keys: tuple[str, ...]) -> _Template:
+    cache_key = (id(statement), keys)
+    hit = _templates.get(cache_key)
+    if hit is not None and hit.statement is statement:
+        return hit
+    compiled: SQLCompiler = statement.compile(dialect=dialect, column_keys=list(keys))  # type: ignore[attr-defined]
+    pieces = _PARAMETER.split(compiled.string)  # text, name, text, name, ..., text
+    names = pieces[1::2]
+    chunks = [text.replace("%%", "%").encode() for text in pieces[::2]]
+    template = _Template(
+        statement,
+        compiled,
+        chunks,
+        names,
+        [compiled._bind_processors.get(name) for name in names],  # type: ignore[misc]
+        isinstance(statement, Insert) and chunks[0].endswith(b"VALUES (") and chunks[-1] == b")",
+    )
+    if len(_templates) >= _CACHE_SIZE:  # statements built per call would only pile up
+        _templates.clear()
+    _templates[cache_key] = template
+    return template
+
+
+_defaults: dict[Table, list[tuple[str, Any]]] = {}
 
 
 def _with_defaults(table: Table, row: dict[str, Any]) -> dict[str, Any]:
     """`row` with the Python-side defaults of the columns it leaves out, as SQLAlchemy's
     own execution would fill them in."""
+    defaults = _defaults.get(table)
+    if defaults is None:
+        defaults = _defaults[table] = [
+            (c.key, c.default) for c in table.columns if c.default is not None
+        ]
     filled = dict(row)
-    for column in table.columns:
-        default = column.default
-        if column.key in filled or default is None:
+    for key, default in defaults:
+        if key in filled:
             continue
         if default.is_scalar:
-            filled[column.key] = default.arg  # type: ignore[attr-defined]
+            filled[key] = default.arg
         elif default.is_callable:
-            filled[column.key] = default.arg(None)  # type: ignore[attr-defined]
+            filled[key] = default.arg(None)
     return filled
 
 
-def _compile(statement: Executable, dialect: Dialect, keys: tuple[str, ...]) -> SQLCompiler:
-    cache_key = (id(statement), keys)
-    hit = _compiled.get(cache_key)
-    if hit is not None and hit[0] is statement:
-        return hit[1]
-    compiled = statement.compile(dialect=dialect, column_keys=list(keys))  # type: ignore[attr-defined]
-    if len(_compiled) >= _CACHE_SIZE:  # statements built per call would only pile up
-        _compiled.clear()
-    _compiled[cache_key] = (statement, compiled)
-    return compiled  # type: ignore[no-any-return]
+class Sent:
+    """A transaction on its way to the server: `wait` for its outcome.
 
-
-def send(engine: Engine, statements: Sequence[Statement], *, durable: bool = True) -> None:
-    """Run `statements` in one transaction on `engine` (PostgreSQL, psycopg), in one round
-    trip. `durable=False`: the commit does not wait for the server's disk flush.
-
-    A failure raises SQLAlchemy's exception for it (`IntegrityError`, `OperationalError`...)
-    as `Connection.execute` would, with nothing committed; its message shows the statements
-    without their values, which may hold what a tool was called with.
+    It holds its pooled connection until then, so nothing else is sent on it meanwhile.
     """
-    from psycopg import ClientCursor
+
+    def __init__(self, engine: Engine, raw: Any, templates: list[str]) -> None:
+        self._engine = engine
+        self._raw: Any = raw
+        self._templates = templates
+
+    @property
+    def done(self) -> bool:
+        return self._raw is None
+
+    def wait(self) -> None:
+        """The outcome: None once committed, or SQLAlchemy's exception for the failure
+        (`IntegrityError`, `OperationalError`...), as `Connection.execute` raises it, with
+        nothing committed. Its message shows the statements without their values, which
+        may hold what a tool was called with."""
+        from psycopg import Error as DriverError
+        from psycopg.errors import error_from_result
+        from psycopg.pq import ExecStatus, TransactionStatus
+
+        raw, self._raw = self._raw, None
+        if raw is None:
+            return
+        driver: Any = raw.driver_connection
+        pgconn = driver.pgconn
+        failure: DriverError | None = None
+        try:
+            poller = select.poll()
+            poller.register(pgconn.socket, select.POLLIN)
+            while True:
+                while pgconn.is_busy():
+                    poller.poll()  # the GIL is let go meanwhile
+                    pgconn.consume_input()
+                result = pgconn.get_result()
+                if result is None:
+                    break
+                if result.status == ExecStatus.FATAL_ERROR and failure is None:
+                    failure = error_from_result(result, driver.info.encoding)
+            if failure is not None and pgconn.transaction_status == TransactionStatus.INERROR:
+                driver.execute("ROLLBACK")
+        except DriverError as exc:
+            failure = exc
+        finally:
+            if driver.broken:
+                raw.invalidate()  # the pool must not hand it out again
+            raw.close()
+        if failure is not None:
+            raise DBAPIError.instance(
+                ";\n".join(self._templates),
+                None,
+                failure,
+                DriverError,
+                dialect=self._engine.dialect,
+            ) from failure
+
+
+def send(engine: Engine, statements: Sequence[Statement], *, durable: bool = True) -> Sent:
+    """Send `statements` to `engine` (PostgreSQL, psycopg) as one transaction in one query,
+    without waiting for the server. `durable=False`: the commit does not wait for the
+    server's disk flush."""
     from psycopg import Error as DriverError
-    from psycopg.pq import TransactionStatus
+    from psycopg.adapt import Transformer
 
     raw = engine.raw_connection()
     driver: Any = raw.driver_connection
     try:
-        cursor = ClientCursor(driver)
-        parts, templates = ["BEGIN"], []
-        if not durable:
-            parts.append(NOT_DURABLE)
+        literal = raw.info.get(_LITERAL)
+        if literal is None:  # psycopg's quoting, as this connection has it
+            literal = raw.info[_LITERAL] = Transformer(driver).as_literal
+        parts = [b"BEGIN;\n", NOT_DURABLE.encode() + b";\n"] if not durable else [b"BEGIN;\n"]
+        templates: list[str] = []
+        last: _Template | None = None
         for statement, params in statements:
             if isinstance(statement, Insert):
                 params = _with_defaults(statement.table, params)  # type: ignore[arg-type]
-            compiled = _compile(statement, engine.dialect, tuple(params))
-            values = dict(compiled.construct_params(params) or {})
-            for name, process in compiled._bind_processors.items():
-                if name in values:
-                    values[name] = process(values[name])  # type: ignore[operator]
-            parts.append(cursor.mogrify(compiled.string, values))
-            templates.append(compiled.string)
-        parts.append("COMMIT")
-        driver.autocommit = True  # BEGIN and COMMIT are the script's own
-        try:
-            driver.execute(";\n".join(parts))
-        except DriverError as exc:
-            if driver.info.transaction_status == TransactionStatus.INERROR:
-                driver.execute("ROLLBACK")
-            raise DBAPIError.instance(
-                ";\n".join(templates), None, exc, DriverError, dialect=engine.dialect
-            ) from exc
-        finally:
-            if not driver.broken:
-                driver.autocommit = False
-    finally:
-        if driver.broken:  # the pool must not hand it out again
+            template = _template(statement, engine.dialect, tuple(params))
+            values = template.compiled.construct_params(params) or {}
+            if template is last and template.extendable:  # one more row of the same INSERT
+                parts[-1] = b",\n("
+            else:
+                parts.append(template.chunks[0])
+                templates.append(template.compiled.string)
+            for name, process, chunk in zip(
+                template.names, template.processors, template.chunks[1:], strict=True
+            ):
+                value = values[name]
+                if process is not None:
+                    value = process(value)
+                if type(value) is datetime:  # the statement casts it; psycopg takes longer
+                    parts.append(b"'%s'" % value.isoformat().encode())
+                else:
+                    parts.append(literal(value))
+                parts.append(chunk)
+            parts.append(b";\n")
+            last = template
+        parts.append(b"COMMIT")
+        pgconn = driver.pgconn
+        pgconn.send_query(b"".join(parts))
+        if pgconn.flush():  # what the socket did not take at once
+            poller = select.poll()
+            poller.register(pgconn.socket, select.POLLOUT)
+            while pgconn.flush():
+                poller.poll()
+    except BaseException as exc:
+        if driver.broken:
             raw.invalidate()
         raw.close()
+        if isinstance(exc, DriverError):
+            raise DBAPIError.instance(
+                "BEGIN", None, exc, DriverError, dialect=engine.dialect
+            ) from exc
+        raise
+    return Sent(engine, raw, templates)
