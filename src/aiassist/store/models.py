@@ -192,7 +192,7 @@ class AgentToolCall(Base):
     arguments: Mapped[dict[str, Any]]
     risk: Mapped[str | None] = mapped_column(String(16))
     idempotency_key: Mapped[str] = mapped_column(String(64), index=True)
-    status: Mapped[str] = mapped_column(String(24), index=True)
+    status: Mapped[str] = mapped_column(String(24))  # not indexed: settling stays a HOT update
     policy: Mapped[dict[str, Any]]
     result: Mapped[Any | None] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
