@@ -219,9 +219,9 @@ def test_a_unit_that_only_writes_is_one_round_trip_on_postgres(
         execute = dbapi_connection.execute
         dbapi_connection.execute = lambda q, *a, **k: (queries.append(q), execute(q, *a, **k))[1]
 
-    send = script.send
+    send = script.Script.send
     monkeypatch.setattr(
-        script, "send", lambda *a, **k: (queries.append("script"), send(*a, **k))[1]
+        script.Script, "send", lambda self: (queries.append("script"), send(self))[1]
     )
 
     def work(unit: Unit) -> None:
@@ -278,21 +278,17 @@ def test_a_unit_whose_connection_died_is_sent_again_on_a_new_one(
     engine = make_engine(pg_url, pool_size=1)  # finds out
     store = RunStore(make_sessionmaker(engine))
     sent: list[str] = []
-    send = script.send
+    wait = script.Sent.wait
 
-    class Counted:
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            self.sent = send(*args, **kwargs)
+    def counted(self: script.Sent) -> None:
+        try:
+            wait(self)
+        except Exception as exc:
+            sent.append(type(exc).__name__)
+            raise
+        sent.append("ok")
 
-        def wait(self) -> None:
-            try:
-                self.sent.wait()
-            except Exception as exc:
-                sent.append(type(exc).__name__)
-                raise
-            sent.append("ok")
-
-    monkeypatch.setattr(script, "send", Counted)
+    monkeypatch.setattr(script.Sent, "wait", counted)
 
     def audited(name: str) -> Callable[[Unit], None]:
         return lambda unit: unit.audit("test.unit", name, {})

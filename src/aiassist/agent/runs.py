@@ -295,15 +295,16 @@ class Unit:
             self._session.close()
 
 
-@dataclass(frozen=True)
+@dataclass
 class _Pending:
     """A unit sent without waiting (`RunStore.unit(wait=False)`), and how to run it again."""
 
     sent: script.Sent
-    head: str | None
+    head: str | None  # the audit chain's head once it commits
     work: Callable[[Unit], Any]
     actor: str
     durable: bool
+    committed: bool | None = None  # as sent, or only when run again (`RunStore.confirm`)
 
 
 class RunStore:
@@ -340,22 +341,29 @@ class RunStore:
         whole transaction then goes to the server in one round trip (`aiassist.store.script`).
         `wait=False` returns as soon as it is sent, for what a crash may lose as with
         `durable=False`: this store's next transaction takes the server's answer first
-        (`confirm`).
+        (`confirm`), once it is written out and ready to go: the server finishes the one
+        while the client writes the other.
         """
-        self.confirm()
         for attempt in range(_RETRIES):
             unit = None
-            head = chain_heads.get(self.engine)
+            with self._lock:
+                pending = self._pending
+            head = pending.head if pending is not None else chain_heads.get(self.engine)
             try:
                 if writes_only and self._scripts and head is not None:
                     unit = Unit(None, actor)
                     result = work(unit)
                     new_head = unit._flush(head)
-                    sent = script.send(self.engine, unit.statements, durable=durable)
+                    ready = script.Script(self.engine, unit.statements, durable=durable)
+                    if pending is not None and not self._confirmed(pending):
+                        ready.close()  # it was run again: the chain's head moved
+                        continue
+                    sent = ready.send()
                     if not wait and self._hold(_Pending(sent, new_head, work, actor, durable)):
                         return result
                     sent.wait()
                 else:
+                    self.confirm()
                     with self.engine.begin() as connection:
                         if not durable and connection.dialect.name == "postgresql":
                             connection.exec_driver_sql(script.NOT_DURABLE)
@@ -395,13 +403,21 @@ class RunStore:
             try:
                 pending.sent.wait()
             except (IntegrityError, OperationalError) as exc:
+                pending.committed = False
                 if isinstance(exc, IntegrityError):
                     chain_heads.contended(self.engine)
                 self.unit(
                     pending.work, actor=pending.actor, durable=pending.durable, writes_only=True
                 )
             else:
+                pending.committed = True
                 chain_heads.committed(self.engine, pending.head)
+
+    def _confirmed(self, pending: _Pending) -> bool:
+        """Whether `pending` committed as it was sent (its head is the chain's)."""
+        if pending.committed is None:
+            self.confirm()  # or waits for the thread confirming it
+        return bool(pending.committed)
 
     # --- reads -----------------------------------------------------------------------------
     def load(self, run_id: str) -> RunState:

@@ -18,7 +18,7 @@ import select
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, NoReturn
 
 from sqlalchemy import Engine, Table
 from sqlalchemy.engine import Dialect
@@ -27,7 +27,7 @@ from sqlalchemy.sql.base import Executable
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.dml import Insert
 
-__all__ = ["NOT_DURABLE", "Sent", "Statement", "send"]
+__all__ = ["NOT_DURABLE", "Script", "Sent", "Statement", "send"]
 
 Statement = tuple[Executable, dict[str, Any]]
 #: A transaction's commit that does not wait for the server's disk flush (PostgreSQL).
@@ -158,60 +158,100 @@ class Sent:
             ) from failure
 
 
-def send(engine: Engine, statements: Sequence[Statement], *, durable: bool = True) -> Sent:
-    """Send `statements` to `engine` (PostgreSQL, psycopg) as one transaction in one query,
-    without waiting for the server. `durable=False`: the commit does not wait for the
-    server's disk flush."""
-    from psycopg import Error as DriverError
-    from psycopg.adapt import Transformer
+class Script:
+    """A transaction written out as one query for a pooled connection it holds: `send` it,
+    or `close` it unsent.
 
-    raw = engine.raw_connection()
-    driver: Any = raw.driver_connection
-    try:
-        literal = raw.info.get(_LITERAL)
-        if literal is None:  # psycopg's quoting, as this connection has it
-            literal = raw.info[_LITERAL] = Transformer(driver).as_literal
-        parts = [b"BEGIN;\n", NOT_DURABLE.encode() + b";\n"] if not durable else [b"BEGIN;\n"]
-        templates: list[str] = []
-        last: _Template | None = None
-        for statement, params in statements:
-            if isinstance(statement, Insert):
-                params = _with_defaults(statement.table, params)  # type: ignore[arg-type]
-            template = _template(statement, engine.dialect, tuple(params))
-            values = template.compiled.construct_params(params) or {}
-            if template is last and template.extendable:  # one more row of the same INSERT
-                parts[-1] = b",\n("
-            else:
-                parts.append(template.chunks[0])
-                templates.append(template.compiled.string)
-            for name, process, chunk in zip(
-                template.names, template.processors, template.chunks[1:], strict=True
-            ):
-                value = values[name]
-                if process is not None:
-                    value = process(value)
-                if type(value) is datetime:  # the statement casts it; psycopg takes longer
-                    parts.append(b"'%s'" % value.isoformat().encode())
-                else:
-                    parts.append(literal(value))
-                parts.append(chunk)
-            parts.append(b";\n")
-            last = template
-        parts.append(b"COMMIT")
-        pgconn = driver.pgconn
-        pgconn.send_query(b"".join(parts))
-        if pgconn.flush():  # what the socket did not take at once
-            poller = select.poll()
-            poller.register(pgconn.socket, select.POLLOUT)
-            while pgconn.flush():
-                poller.poll()
-    except BaseException as exc:
-        if driver.broken:
+    Writing it out is most of the client's work: done before the caller waits for
+    something else (an earlier transaction's answer), it is done meanwhile."""
+
+    def __init__(
+        self, engine: Engine, statements: Sequence[Statement], *, durable: bool = True
+    ) -> None:
+        self._engine = engine
+        self._raw: Any = engine.raw_connection()
+        try:
+            self._query, self._templates = _write(self._raw, engine, statements, durable)
+        except BaseException as exc:
+            self._fail(exc)
+
+    def send(self) -> Sent:
+        """Send it without waiting for the server (`Sent.wait` does)."""
+        raw, self._raw = self._raw, None
+        assert raw is not None, "a script is sent once"
+        pgconn = raw.driver_connection.pgconn
+        try:
+            pgconn.send_query(self._query)
+            if pgconn.flush():  # what the socket did not take at once
+                poller = select.poll()
+                poller.register(pgconn.socket, select.POLLOUT)
+                while pgconn.flush():
+                    poller.poll()
+        except BaseException as exc:
+            self._raw = raw
+            self._fail(exc)
+        return Sent(self._engine, raw, self._templates)
+
+    def close(self) -> None:
+        raw, self._raw = self._raw, None
+        if raw is not None:
+            raw.close()
+
+    def _fail(self, exc: BaseException) -> NoReturn:
+        from psycopg import Error as DriverError
+
+        raw, self._raw = self._raw, None
+        if raw.driver_connection.broken:
             raw.invalidate()
         raw.close()
         if isinstance(exc, DriverError):
             raise DBAPIError.instance(
-                "BEGIN", None, exc, DriverError, dialect=engine.dialect
+                "BEGIN", None, exc, DriverError, dialect=self._engine.dialect
             ) from exc
-        raise
-    return Sent(engine, raw, templates)
+        raise exc
+
+
+def send(engine: Engine, statements: Sequence[Statement], *, durable: bool = True) -> Sent:
+    """Send `statements` to `engine` (PostgreSQL, psycopg) as one transaction in one query,
+    without waiting for the server. `durable=False`: the commit does not wait for the
+    server's disk flush."""
+    return Script(engine, statements, durable=durable).send()
+
+
+def _write(
+    raw: Any, engine: Engine, statements: Sequence[Statement], durable: bool
+) -> tuple[bytes, list[str]]:
+    """The query for `statements` on the connection `raw`, and the statements' templates."""
+    from psycopg.adapt import Transformer
+
+    literal = raw.info.get(_LITERAL)
+    if literal is None:  # psycopg's quoting, as this connection has it
+        literal = raw.info[_LITERAL] = Transformer(raw.driver_connection).as_literal
+    parts = [b"BEGIN;\n", NOT_DURABLE.encode() + b";\n"] if not durable else [b"BEGIN;\n"]
+    templates: list[str] = []
+    last: _Template | None = None
+    for statement, params in statements:
+        if isinstance(statement, Insert):
+            params = _with_defaults(statement.table, params)  # type: ignore[arg-type]
+        template = _template(statement, engine.dialect, tuple(params))
+        values = template.compiled.construct_params(params) or {}
+        if template is last and template.extendable:  # one more row of the same INSERT
+            parts[-1] = b",\n("
+        else:
+            parts.append(template.chunks[0])
+            templates.append(template.compiled.string)
+        for name, process, chunk in zip(
+            template.names, template.processors, template.chunks[1:], strict=True
+        ):
+            value = values[name]
+            if process is not None:
+                value = process(value)
+            if type(value) is datetime:  # the statement casts it; psycopg takes longer
+                parts.append(b"'%s'" % value.isoformat().encode())
+            else:
+                parts.append(literal(value))
+            parts.append(chunk)
+        parts.append(b";\n")
+        last = template
+    parts.append(b"COMMIT")
+    return b"".join(parts), templates
