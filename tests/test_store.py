@@ -310,6 +310,47 @@ def test_a_unit_whose_connection_died_is_sent_again_on_a_new_one(
     engine.dispose()
 
 
+def test_statements_are_prepared_once_and_again_when_dropped(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine = make_engine(pg_url, pool_size=1)  # one connection: the same one each time
+    store = RunStore(make_sessionmaker(engine))
+    outcomes: list[str] = []
+    wait = script.Sent.wait
+
+    def recorded(self: script.Sent) -> None:
+        try:
+            wait(self)
+        except Exception as exc:
+            outcomes.append(type(exc).__name__)
+            raise
+        outcomes.append("ok")
+
+    monkeypatch.setattr(script.Sent, "wait", recorded)
+
+    def audited(name: str) -> Callable[[Unit], None]:
+        return lambda unit: unit.audit("test.unit", name, {"n": name})
+
+    def prepared() -> list[str]:
+        with engine.connect() as conn:
+            return list(conn.scalars(text("SELECT name FROM pg_prepared_statements")))
+
+    store.unit(audited("first"), actor="t", writes_only=True)  # reads the head
+    store.unit(audited("second"), actor="t", writes_only=True)
+    first = prepared()
+    assert first and all(name.startswith("aiassist_") for name in first)  # none of psycopg's
+    store.unit(audited("third"), actor="t", writes_only=True)
+    assert prepared() == first  # executed by name, not prepared again
+    with engine.connect() as conn:
+        conn.execute(text("DEALLOCATE ALL"))
+    store.unit(audited("fourth"), actor="t", writes_only=True)
+    assert outcomes == ["ok", "ok", "OperationalError", "ok"]  # failed once, then prepared
+    assert sorted(prepared()) == sorted(first)
+    log = AuditLog(make_sessionmaker(engine))
+    assert log.verify().ok and log.verify().events == 4
+    engine.dispose()
+
+
 def test_a_unit_sent_without_waiting_is_confirmed_or_run_again(pg_url: str) -> None:
     engine = make_engine(pg_url)
     store = RunStore(make_sessionmaker(engine))

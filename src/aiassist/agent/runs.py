@@ -314,7 +314,7 @@ class RunStore:
     def __init__(self, sessions: sessionmaker[Session]) -> None:
         self.sessions = sessions
         self.engine: Engine = sessions.kw["bind"]
-        self._scripts = self.engine.dialect.name == "postgresql"
+        self._scripts = self.engine.dialect.name == "postgresql" and self.engine.driver == "psycopg"
         self._pending: _Pending | None = None
         self._lock = threading.Lock()
         self._confirming = threading.RLock()  # a failed unit runs again from inside

@@ -2,9 +2,14 @@
 
 The agent runtime's busiest transactions only write: a handful of INSERTs and UPDATEs and
 their audit rows. Sent one by one, each statement is a round trip and a pass through the
-driver. Here each is compiled by SQLAlchemy (once, then cached), its values bound on the
-client with psycopg's own quoting and the lot sent as one query between BEGIN and COMMIT:
-one round trip, whatever the number of statements.
+driver. Here each is compiled by SQLAlchemy (once, then cached), prepared on the server
+the first time a connection sends it, executed by name with its values quoted by psycopg,
+and the lot sent as one query between BEGIN and COMMIT: one round trip, whatever the
+number of statements, and no statement parsed or planned twice.
+
+psycopg's own automatic preparing is off on the engines `aiassist.store.db.make_engine`
+makes: after a rollback it runs `DEALLOCATE ALL`, which would drop these statements too.
+On an engine made otherwise, a statement dropped that way fails once and is sent again.
 
 `send` does not wait for the server: the caller goes on while the server works and takes
 the outcome when it needs it (`Sent.wait`). Once sent, the whole transaction, COMMIT
@@ -13,16 +18,17 @@ included, is the server's to run, whatever becomes of the caller.
 
 from __future__ import annotations
 
+import hashlib
 import re
 import select
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, NoReturn
 
 from sqlalchemy import Engine, Table
 from sqlalchemy.engine import Dialect
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.sql.base import Executable
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.dml import Insert
@@ -34,7 +40,8 @@ Statement = tuple[Executable, dict[str, Any]]
 NOT_DURABLE = "SET LOCAL synchronous_commit TO OFF"
 _CACHE_SIZE = 256
 _PARAMETER = re.compile(r"%\(([^)]+)\)s")
-_LITERAL = "aiassist.script.literal"
+_SESSION = "aiassist.script.session"
+_UNKNOWN_STATEMENT = "26000"  # invalid_sql_statement_name
 
 
 @dataclass(frozen=True)
@@ -48,6 +55,21 @@ class _Template:
     processors: list[Callable[[Any], Any] | None]
     #: an INSERT of one row, which the next rows of the same statement extend
     extendable: bool
+    #: by number of rows: the name and the text it is prepared with on the server
+    prepared: dict[int, tuple[bytes, bytes]] = field(default_factory=dict)
+
+    def prepared_as(self, rows: int) -> tuple[bytes, bytes]:
+        """The server-side prepared statement for `rows` rows: its name and its text."""
+        known = self.prepared.get(rows)
+        if known is None:
+            numbers = iter(range(1, len(self.names) * rows + 1))
+            text = self.chunks[0] + b",\n(".join(
+                b"".join(b"$%d%s" % (next(numbers), chunk) for chunk in self.chunks[1:])
+                for _ in range(rows)
+            )
+            name = b"aiassist_" + hashlib.sha256(text).hexdigest()[:24].encode()
+            known = self.prepared[rows] = (name, text)
+        return known
 
 
 _templates: dict[tuple[int, tuple[str, ...]], _Template] = {}
@@ -68,7 +90,9 @@ def _template(statement: Executable, dialect: Dialect, keys: tuple[str, ...]) ->
         chunks,
         names,
         [compiled._bind_processors.get(name) for name in names],  # type: ignore[misc]
-        isinstance(statement, Insert) and chunks[0].endswith(b"VALUES (") and chunks[-1] == b")",
+        isinstance(statement, Insert)
+        and chunks[0].endswith(b"VALUES (")
+        and chunks[-1].endswith(b")"),
     )
     if len(_templates) >= _CACHE_SIZE:  # statements built per call would only pile up
         _templates.clear()
@@ -104,10 +128,13 @@ class Sent:
     It holds its pooled connection until then, so nothing else is sent on it meanwhile.
     """
 
-    def __init__(self, engine: Engine, raw: Any, templates: list[str]) -> None:
+    def __init__(
+        self, engine: Engine, raw: Any, templates: list[str], preparing: list[bytes]
+    ) -> None:
         self._engine = engine
         self._raw: Any = raw
         self._templates = templates
+        self._preparing = preparing
 
     @property
     def done(self) -> bool:
@@ -117,7 +144,9 @@ class Sent:
         """The outcome: None once committed, or SQLAlchemy's exception for the failure
         (`IntegrityError`, `OperationalError`...), as `Connection.execute` raises it, with
         nothing committed. Its message shows the statements without their values, which
-        may hold what a tool was called with."""
+        may hold what a tool was called with. A statement no longer prepared on the
+        connection (someone ran `DEALLOCATE ALL` on it) is an `OperationalError`: sent
+        again, it is prepared again."""
         from psycopg import Error as DriverError
         from psycopg.errors import error_from_result
         from psycopg.pq import ExecStatus, TransactionStatus
@@ -140,22 +169,27 @@ class Sent:
                     break
                 if result.status == ExecStatus.FATAL_ERROR and failure is None:
                     failure = error_from_result(result, driver.info.encoding)
-            if failure is not None and pgconn.transaction_status == TransactionStatus.INERROR:
-                driver.execute("ROLLBACK")
+            session = _Session.of(raw)
+            if failure is None:
+                session.prepared.update(self._preparing)
+            else:
+                if pgconn.transaction_status == TransactionStatus.INERROR:
+                    driver.execute("ROLLBACK")
+                session.recount()
         except DriverError as exc:
             failure = exc
         finally:
             if driver.broken:
                 raw.invalidate()  # the pool must not hand it out again
             raw.close()
-        if failure is not None:
-            raise DBAPIError.instance(
-                ";\n".join(self._templates),
-                None,
-                failure,
-                DriverError,
-                dialect=self._engine.dialect,
-            ) from failure
+        if failure is None:
+            return
+        statements = ";\n".join(self._templates)
+        if failure.sqlstate == _UNKNOWN_STATEMENT:  # dropped behind our back (DEALLOCATE ALL):
+            raise OperationalError(statements, None, failure) from failure  # send it again
+        raise DBAPIError.instance(
+            statements, None, failure, DriverError, dialect=self._engine.dialect
+        ) from failure
 
 
 class Script:
@@ -171,7 +205,9 @@ class Script:
         self._engine = engine
         self._raw: Any = engine.raw_connection()
         try:
-            self._query, self._templates = _write(self._raw, engine, statements, durable)
+            self._query, self._templates, self._preparing = _write(
+                self._raw, engine, statements, durable
+            )
         except BaseException as exc:
             self._fail(exc)
 
@@ -190,7 +226,7 @@ class Script:
         except BaseException as exc:
             self._raw = raw
             self._fail(exc)
-        return Sent(self._engine, raw, self._templates)
+        return Sent(self._engine, raw, self._templates, self._preparing)
 
     def close(self) -> None:
         raw, self._raw = self._raw, None
@@ -218,40 +254,73 @@ def send(engine: Engine, statements: Sequence[Statement], *, durable: bool = Tru
     return Script(engine, statements, durable=durable).send()
 
 
+class _Session:
+    """What this process keeps about one server connection: its quoting and the statements
+    prepared on it."""
+
+    def __init__(self, driver: Any) -> None:
+        from psycopg.adapt import Transformer
+
+        self.driver = driver
+        self.literal: Callable[[Any], bytes] = Transformer(driver).as_literal
+        self.prepared: set[bytes] = set()
+
+    @classmethod
+    def of(cls, raw: Any) -> _Session:
+        session = raw.info.get(_SESSION)
+        if session is None or session.driver is not raw.driver_connection:  # reconnected
+            session = raw.info[_SESSION] = cls(raw.driver_connection)
+        return session  # type: ignore[no-any-return]
+
+    def recount(self) -> None:
+        """After a failure, which may have left a statement prepared or not: ask."""
+        rows = self.driver.execute(
+            "SELECT name FROM pg_prepared_statements WHERE name LIKE 'aiassist\\_%'"
+        )
+        self.prepared = {name.encode() for (name,) in rows}
+
+
 def _write(
     raw: Any, engine: Engine, statements: Sequence[Statement], durable: bool
-) -> tuple[bytes, list[str]]:
-    """The query for `statements` on the connection `raw`, and the statements' templates."""
-    from psycopg.adapt import Transformer
+) -> tuple[bytes, list[str], list[bytes]]:
+    """The query for `statements` on the connection `raw`, the statements' templates and
+    the names of those it prepares on the server.
 
-    literal = raw.info.get(_LITERAL)
-    if literal is None:  # psycopg's quoting, as this connection has it
-        literal = raw.info[_LITERAL] = Transformer(raw.driver_connection).as_literal
-    parts = [b"BEGIN;\n", NOT_DURABLE.encode() + b";\n"] if not durable else [b"BEGIN;\n"]
-    templates: list[str] = []
-    last: _Template | None = None
+    Each statement is prepared on a connection the first time it is sent there (`PREPARE`,
+    a row count of an INSERT counting as a statement of its own) and executed by name with
+    its values as literals (`EXECUTE`): the server skips parsing and planning it again."""
+    session = _Session.of(raw)
+    literal = session.literal
+    groups: list[tuple[_Template, list[Mapping[str, Any]]]] = []
     for statement, params in statements:
         if isinstance(statement, Insert):
             params = _with_defaults(statement.table, params)  # type: ignore[arg-type]
         template = _template(statement, engine.dialect, tuple(params))
         values = template.compiled.construct_params(params) or {}
-        if template is last and template.extendable:  # one more row of the same INSERT
-            parts[-1] = b",\n("
+        if groups and groups[-1][0] is template and template.extendable:
+            groups[-1][1].append(values)  # one more row of the same INSERT
         else:
-            parts.append(template.chunks[0])
-            templates.append(template.compiled.string)
-        for name, process, chunk in zip(
-            template.names, template.processors, template.chunks[1:], strict=True
-        ):
-            value = values[name]
-            if process is not None:
-                value = process(value)
-            if type(value) is datetime:  # the statement casts it; psycopg takes longer
-                parts.append(b"'%s'" % value.isoformat().encode())
-            else:
-                parts.append(literal(value))
-            parts.append(chunk)
-        parts.append(b";\n")
-        last = template
+            groups.append((template, [values]))
+    parts = [b"BEGIN;\n", NOT_DURABLE.encode() + b";\n"] if not durable else [b"BEGIN;\n"]
+    preparing: list[bytes] = []
+    for template, rows in groups:
+        name, text = template.prepared_as(len(rows))
+        if name not in session.prepared and name not in preparing:
+            parts.append(b"PREPARE %s AS %s;\n" % (name, text))
+            preparing.append(name)
+        arguments = []
+        for row in rows:
+            for key, process in zip(template.names, template.processors, strict=True):
+                value = row[key]
+                if process is not None:
+                    value = process(value)
+                if type(value) is datetime:  # the statement casts it; psycopg takes longer
+                    arguments.append(b"'%s'" % value.isoformat().encode())
+                else:
+                    arguments.append(literal(value))
+        if arguments:
+            parts.append(b"EXECUTE %s(%s);\n" % (name, b", ".join(arguments)))
+        else:
+            parts.append(b"EXECUTE %s;\n" % name)
     parts.append(b"COMMIT")
-    return b"".join(parts), templates
+    return b"".join(parts), [t.compiled.string for t, _ in groups], preparing
