@@ -30,7 +30,7 @@ from sqlalchemy.sql.dml import Insert
 
 from aiassist.agent.providers.base import Message, ToolCall
 from aiassist.store import script
-from aiassist.store.audit import append_events, append_statements, chain_heads
+from aiassist.store.audit import append_events, append_statements, chain_heads, plain_json
 from aiassist.store.models import (
     AgentApproval,
     AgentMessage,
@@ -273,7 +273,7 @@ class Unit:
             self.connection.execute(statement, parameters)
 
     def audit(self, kind: str, subject: str, data: dict[str, Any]) -> None:
-        self._events.append((kind, subject, json.loads(json.dumps(data, default=str))))
+        self._events.append((kind, subject, plain_json(data)))
 
     def _flush(self, head: str | None) -> str | None:
         """Write (or gather) what is left; the audit chain's new head (None: no events)."""

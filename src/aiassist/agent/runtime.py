@@ -68,6 +68,7 @@ from aiassist.agent.runs import (
 )
 from aiassist.agent.tools import Risk, Tool, ToolContext, ToolError, ToolSet
 from aiassist.metrics import Metrics
+from aiassist.store.audit import plain_json
 from aiassist.store.keys import KeyStore, Principal
 from aiassist.store.models import AgentApproval, AgentMessage, AgentRun, AgentToolCall, utcnow
 
@@ -177,7 +178,7 @@ def _jsonable(value: Any) -> Any:
         return value.model_dump(mode="json")
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         value = dataclasses.asdict(value)
-    return json.loads(json.dumps(value, default=str))
+    return plain_json(value)
 
 
 class Runtime:

@@ -35,6 +35,8 @@ __all__ = [
     "append_events",
     "append_statements",
     "chain_heads",
+    "event_hash",
+    "plain_json",
 ]
 
 GENESIS = "0" * 64
@@ -50,16 +52,22 @@ def _canonical_time(at: datetime) -> str:
     return at.isoformat(timespec="microseconds")
 
 
+_canonical = json.JSONEncoder(
+    sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str
+).encode
+_plain = json.JSONEncoder(default=str).encode
+
+
+def plain_json(value: Any) -> Any:
+    """`value` as a JSON column gives it back (tuples as lists, keys as strings, anything
+    else JSON lacks as its `str`): what is hashed is then what is read back."""
+    return json.loads(_plain(value))
+
+
 def event_hash(
     prev_hash: str, at: datetime, actor: str, kind: str, subject: str, data: dict[str, Any]
 ) -> str:
-    body = json.dumps(
-        [prev_hash, _canonical_time(at), actor, kind, subject, data],
-        sort_keys=True,
-        separators=(",", ":"),
-        ensure_ascii=False,
-        default=str,
-    )
+    body = _canonical([prev_hash, _canonical_time(at), actor, kind, subject, data])
     return hashlib.sha256(body.encode()).hexdigest()
 
 
@@ -184,7 +192,7 @@ class AuditLog:
     def append(
         self, kind: str, subject: str, *, actor: str, data: dict[str, Any] | None = None
     ) -> None:
-        payload = json.loads(json.dumps(data or {}, default=str))  # what the JSON column returns
+        payload = plain_json(data or {})
         engine = self._sessions.kw["bind"]
         for attempt in range(_RACE_RETRIES):
             with self._lock, self._sessions() as session:
