@@ -227,7 +227,8 @@ class Unit:
 
     def insert(self, row: Base) -> None:
         """Insert `row` as a Core statement: the hot path skips the ORM's bookkeeping."""
-        values = {c.key: getattr(row, c.key) for c in row.__table__.columns}
+        state = row.__dict__  # what was set: the rest is None or a column default
+        values = {c.key: state.get(c.key) for c in row.__table__.columns}
         self.insert_values(type(row), {k: v for k, v in values.items() if v is not None})
 
     def insert_values(self, model: type[Base], *rows: dict[str, Any]) -> None:

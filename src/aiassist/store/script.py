@@ -55,6 +55,9 @@ class _Template:
     processors: list[Callable[[Any], Any] | None]
     #: an INSERT of one row, which the next rows of the same statement extend
     extendable: bool
+    #: its parameters are the given values themselves (an INSERT of them): no need to ask
+    #: SQLAlchemy for them
+    direct: bool
     #: by number of rows: the name and the text it is prepared with on the server
     prepared: dict[int, tuple[bytes, bytes]] = field(default_factory=dict)
 
@@ -93,6 +96,7 @@ def _template(statement: Executable, dialect: Dialect, keys: tuple[str, ...]) ->
         isinstance(statement, Insert)
         and chunks[0].endswith(b"VALUES (")
         and chunks[-1].endswith(b")"),
+        isinstance(statement, Insert) and sorted(names) == sorted(keys),
     )
     if len(_templates) >= _CACHE_SIZE:  # statements built per call would only pile up
         _templates.clear()
@@ -296,7 +300,7 @@ def _write(
         if isinstance(statement, Insert):
             params = _with_defaults(statement.table, params)  # type: ignore[arg-type]
         template = _template(statement, engine.dialect, tuple(params))
-        values = template.compiled.construct_params(params) or {}
+        values = params if template.direct else template.compiled.construct_params(params)
         if groups and groups[-1][0] is template and template.extendable:
             groups[-1][1].append(values)  # one more row of the same INSERT
         else:
