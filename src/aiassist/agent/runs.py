@@ -237,7 +237,7 @@ class Unit:
         if self.connection is None:
             self.statements += [(_insert(model), row) for row in rows]
         else:
-            self.connection.execute(_insert(model), list(rows) if len(rows) > 1 else rows[0])
+            script.execute(self.connection, _insert(model), rows)
 
     def message(
         self,
@@ -271,7 +271,7 @@ class Unit:
         if self.connection is None:
             self.statements.append((statement, parameters or {}))
         else:
-            self.connection.execute(statement, parameters)
+            script.execute(self.connection, statement, [parameters or {}])
 
     def audit(self, kind: str, subject: str, data: dict[str, Any]) -> None:
         self._events.append((kind, subject, plain_json(data)))

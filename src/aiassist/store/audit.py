@@ -25,6 +25,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.sql.base import Executable
 
+from aiassist.store import script
 from aiassist.store.models import AuditEvent, utcnow
 
 __all__ = [
@@ -152,9 +153,9 @@ def append_events(
     if connection.dialect.name == "postgresql":  # writers queue, not race
         connection.execute(_LOCK, {"k": _LOCK_KEY})
     if head is None:
-        head = connection.scalar(_HEAD) or GENESIS
+        head = script.scalar(connection, _HEAD) or GENESIS
     rows = _chain_rows(head, actor, events)
-    connection.execute(_INSERT, rows)  # in order: ids follow the chain
+    script.execute(connection, _INSERT, rows)  # in order: ids follow the chain
     return str(rows[-1]["hash"])
 
 

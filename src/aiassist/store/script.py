@@ -1,19 +1,23 @@
-"""A transaction of writes sent to PostgreSQL in one round trip.
+"""The agent runtime's hot writes, with as little client and server work per statement as
+each database allows.
 
-The agent runtime's busiest transactions only write: a handful of INSERTs and UPDATEs and
-their audit rows. Sent one by one, each statement is a round trip and a pass through the
-driver. Here each is compiled by SQLAlchemy (once, then cached), prepared on the server
-the first time a connection sends it, executed by name with its values quoted by psycopg,
-and the lot sent as one query between BEGIN and COMMIT: one round trip, whatever the
-number of statements, and no statement parsed or planned twice.
+On PostgreSQL a transaction that only writes (a handful of INSERTs and UPDATEs and their
+audit rows) goes as one query between BEGIN and COMMIT: one round trip, whatever the
+number of statements (`Script`). Each statement is compiled by SQLAlchemy once, prepared
+on the server the first time a connection sends it and then executed by name with its
+values quoted by psycopg: the server parses and plans it once. Consecutive rows of one
+INSERT go as one statement. `Script.send` does not wait for the server: the caller goes on
+while the server works and takes the outcome when it needs it (`Sent.wait`). Once sent,
+the whole transaction, COMMIT included, is the server's to run, whatever becomes of the
+caller.
 
 psycopg's own automatic preparing is off on the engines `aiassist.store.db.make_engine`
 makes: after a rollback it runs `DEALLOCATE ALL`, which would drop these statements too.
 On an engine made otherwise, a statement dropped that way fails once and is sent again.
 
-`send` does not wait for the server: the caller goes on while the server works and takes
-the outcome when it needs it (`Sent.wait`). Once sent, the whole transaction, COMMIT
-included, is the server's to run, whatever becomes of the caller.
+On SQLite, where a statement costs no round trip, each goes straight to the driver inside
+the caller's transaction, compiled once (`execute`, `scalar`): SQLAlchemy's work at each
+execution is a few times SQLite's own for such small writes.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, NoReturn
 
-from sqlalchemy import Engine, Table
+from sqlalchemy import Connection, Engine, Table
 from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.sql.base import Executable
@@ -328,3 +332,73 @@ def _write(
             parts.append(b"EXECUTE %s;\n" % name)
     parts.append(b"COMMIT")
     return b"".join(parts), [t.compiled.string for t, _ in groups], preparing
+
+
+_queries: dict[int, tuple[Executable, str]] = {}
+
+
+def scalar(connection: Connection, statement: Executable) -> Any:
+    """`connection.scalar(statement)` for a query without parameters; on SQLite straight on
+    the driver, as `execute` writes."""
+    if connection.dialect.name != "sqlite":
+        return connection.scalar(statement)
+    hit = _queries.get(id(statement))
+    if hit is None or hit[0] is not statement:
+        compiled = statement.compile(  # type: ignore[attr-defined]
+            dialect=connection.dialect, compile_kwargs={"literal_binds": True}
+        )
+        hit = _queries[id(statement)] = (statement, compiled.string)
+    row = _on_driver(connection, lambda cursor: cursor.execute(hit[1]).fetchone(), hit[1])
+    return None if row is None else row[0]
+
+
+_Positional = tuple[Executable, SQLCompiler, list[tuple[str, Callable[[Any], Any] | None]]]
+_positional: dict[tuple[int, tuple[str, ...]], _Positional] = {}
+
+
+def execute(
+    connection: Connection, statement: Executable, rows: Sequence[Mapping[str, Any]]
+) -> None:
+    """`connection.execute(statement, rows)` for a statement that writes and returns
+    nothing. On SQLite it goes straight to the driver, compiled once: SQLAlchemy's work at
+    each execution is a few times SQLite's own for the runtime's small writes."""
+    keys = tuple(rows[0])
+    if connection.dialect.name != "sqlite" or any(tuple(row) != keys for row in rows):
+        connection.execute(statement, list(rows) if len(rows) > 1 else rows[0])
+        return
+    if isinstance(statement, Insert):  # the columns' Python-side defaults, as SQLAlchemy would
+        rows = [_with_defaults(statement.table, row) for row in rows]  # type: ignore[arg-type]
+        keys = tuple(rows[0])
+    hit = _positional.get((id(statement), keys))
+    if hit is None or hit[0] is not statement:
+        compiled: SQLCompiler = statement.compile(  # type: ignore[attr-defined]
+            dialect=connection.dialect, column_keys=list(keys)
+        )
+        processors: dict[str, Any] = dict(compiled._bind_processors)
+        binds = [(name, processors.get(name)) for name in compiled.positiontup or []]
+        hit = (statement, compiled, binds)
+        if len(_positional) >= _CACHE_SIZE:
+            _positional.clear()
+        _positional[(id(statement), keys)] = hit
+    compiled, binds = hit[1], hit[2]
+    arguments = []
+    for row in rows:
+        values = compiled.construct_params(dict(row)) if not isinstance(statement, Insert) else row
+        arguments.append([values[n] if p is None else p(values[n]) for n, p in binds])
+    _on_driver(
+        connection, lambda cursor: cursor.executemany(compiled.string, arguments), compiled.string
+    )
+
+
+def _on_driver(connection: Connection, do: Callable[[Any], Any], statement: str) -> Any:
+    """`do(cursor)` with a cursor of `connection`'s driver; its errors as SQLAlchemy's."""
+    dialect = connection.dialect
+    cursor = connection.connection.driver_connection.cursor()  # type: ignore[union-attr]
+    try:
+        return do(cursor)
+    except dialect.loaded_dbapi.Error as exc:
+        raise DBAPIError.instance(
+            statement, None, exc, dialect.loaded_dbapi.Error, dialect=dialect
+        ) from exc
+    finally:
+        cursor.close()
