@@ -13,7 +13,9 @@ caller.
 
 psycopg's own automatic preparing is off on the engines `aiassist.store.db.make_engine`
 makes: after a rollback it runs `DEALLOCATE ALL`, which would drop these statements too.
-On an engine made otherwise, a statement dropped that way fails once and is sent again.
+Where prepared statements are lost anyway (that, a pooler such as PgBouncer in transaction
+mode, someone's `DEALLOCATE ALL`), the transaction that finds out fails once, is sent
+again, and the engine's statements go whole with their values from then on.
 
 On SQLite, where a statement costs no round trip, each goes straight to the driver inside
 the caller's transaction, compiled once (`execute`, `scalar`): SQLAlchemy's work at each
@@ -25,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import re
 import select
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -46,6 +49,9 @@ _CACHE_SIZE = 256
 _PARAMETER = re.compile(r"%\(([^)]+)\)s")
 _SESSION = "aiassist.script.session"
 _UNKNOWN_STATEMENT = "26000"  # invalid_sql_statement_name
+#: engines whose connections lost statements prepared on them: behind a pooler that hands
+#: out any server connection (PgBouncer's transaction mode), or after a DEALLOCATE ALL
+_unprepared: weakref.WeakSet[Engine] = weakref.WeakSet()
 
 
 @dataclass(frozen=True)
@@ -64,6 +70,20 @@ class _Template:
     direct: bool
     #: by number of rows: the name and the text it is prepared with on the server
     prepared: dict[int, tuple[bytes, bytes]] = field(default_factory=dict)
+
+    def inline(self, arguments: list[bytes]) -> bytes:
+        """Its text with `arguments` (literals, row after row) in place of its parameters."""
+        if not self.names:
+            return self.chunks[0]
+        pieces = [self.chunks[0]]
+        width = len(self.names)
+        for start in range(0, len(arguments), width):
+            if start:
+                pieces.append(b",\n(")
+            row = arguments[start : start + width]
+            for argument, chunk in zip(row, self.chunks[1:], strict=True):
+                pieces += [argument, chunk]
+        return b"".join(pieces)
 
     def prepared_as(self, rows: int) -> tuple[bytes, bytes]:
         """The server-side prepared statement for `rows` rows: its name and its text."""
@@ -153,8 +173,9 @@ class Sent:
         (`IntegrityError`, `OperationalError`...), as `Connection.execute` raises it, with
         nothing committed. Its message shows the statements without their values, which
         may hold what a tool was called with. A statement no longer prepared on the
-        connection (someone ran `DEALLOCATE ALL` on it) is an `OperationalError`: sent
-        again, it is prepared again."""
+        connection (someone ran `DEALLOCATE ALL` on it, or a pooler handed out another
+        one) is an `OperationalError`: the engine's statements go unprepared from then on,
+        and the transaction can be sent again."""
         from psycopg import Error as DriverError
         from psycopg.errors import error_from_result
         from psycopg.pq import ExecStatus, TransactionStatus
@@ -193,8 +214,9 @@ class Sent:
         if failure is None:
             return
         statements = ";\n".join(self._templates)
-        if failure.sqlstate == _UNKNOWN_STATEMENT:  # dropped behind our back (DEALLOCATE ALL):
-            raise OperationalError(statements, None, failure) from failure  # send it again
+        if failure.sqlstate == _UNKNOWN_STATEMENT:  # dropped behind our back: send it again,
+            _unprepared.add(self._engine)  # whole (a pooler may hand out any connection)
+            raise OperationalError(statements, None, failure) from failure
         raise DBAPIError.instance(
             statements, None, failure, DriverError, dialect=self._engine.dialect
         ) from failure
@@ -296,9 +318,12 @@ def _write(
 
     Each statement is prepared on a connection the first time it is sent there (`PREPARE`,
     a row count of an INSERT counting as a statement of its own) and executed by name with
-    its values as literals (`EXECUTE`): the server skips parsing and planning it again."""
+    its values as literals (`EXECUTE`): the server skips parsing and planning it again. On
+    an engine whose connections lost their prepared statements once, statements go whole
+    with their values in place."""
     session = _Session.of(raw)
     literal = session.literal
+    unprepared = engine in _unprepared
     groups: list[tuple[_Template, list[Mapping[str, Any]]]] = []
     for statement, params in statements:
         if isinstance(statement, Insert):
@@ -313,7 +338,7 @@ def _write(
     preparing: list[bytes] = []
     for template, rows in groups:
         name, text = template.prepared_as(len(rows))
-        if name not in session.prepared and name not in preparing:
+        if not unprepared and name not in session.prepared and name not in preparing:
             parts.append(b"PREPARE %s AS %s;\n" % (name, text))
             preparing.append(name)
         arguments = []
@@ -326,7 +351,9 @@ def _write(
                     arguments.append(b"'%s'" % value.isoformat().encode())
                 else:
                     arguments.append(literal(value))
-        if arguments:
+        if unprepared:
+            parts.append(template.inline(arguments) + b";\n")
+        elif arguments:
             parts.append(b"EXECUTE %s(%s);\n" % (name, b", ".join(arguments)))
         else:
             parts.append(b"EXECUTE %s;\n" % name)
