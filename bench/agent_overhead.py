@@ -13,9 +13,11 @@ one transaction (turn, result, policy and audit events), a `write` call two (tur
 record before the call, the result after it). `per_model_turn` is what is left of the turn
 (prompt, tool specs, usage), the model's own time taken out; `per_step` is both, the whole
 cost of a model turn with one call. `db_wait` is the part of `per_call` spent waiting for
-the database: inside the driver's COMMIT (SQLite) or, on PostgreSQL, in the one round trip
-that carries each transaction (`aiassist.store.script`: the server runs the statements and
-flushes its log meanwhile); `own` is what is left of each call without it.
+the database: inside the driver's COMMIT (SQLite) or, on PostgreSQL, for the server's
+answer to each transaction (`aiassist.store.script.Sent.wait`): the whole round trip of a
+write's intent, during which the server runs its statements and flushes its log; of a
+result sent without waiting, what is left of it when the next transaction takes its
+answer. `own` is what is left of each call without it.
 
 The rows `noop_read`/`noop_write` run the runtime as the service does
 (`Runtime(db_in_thread=None)`: on SQLite all database work on the event loop; on PostgreSQL
