@@ -305,7 +305,8 @@ class _Pending:
     work: Callable[[Unit], Any]
     actor: str
     durable: bool
-    committed: bool | None = None  # as sent, or only when run again (`RunStore.confirm`)
+    #: True once committed as sent; False if it failed and was run again (`confirm`)
+    committed: bool | None = None
 
 
 class RunStore:

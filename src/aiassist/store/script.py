@@ -89,11 +89,7 @@ class _Template:
         """The server-side prepared statement for `rows` rows: its name and its text."""
         known = self.prepared.get(rows)
         if known is None:
-            numbers = iter(range(1, len(self.names) * rows + 1))
-            text = self.chunks[0] + b",\n(".join(
-                b"".join(b"$%d%s" % (next(numbers), chunk) for chunk in self.chunks[1:])
-                for _ in range(rows)
-            )
+            text = self.inline([b"$%d" % n for n in range(1, len(self.names) * rows + 1)])
             name = b"aiassist_" + hashlib.sha256(text).hexdigest()[:24].encode()
             known = self.prepared[rows] = (name, text)
         return known
@@ -164,10 +160,6 @@ class Sent:
         self._templates = templates
         self._preparing = preparing
 
-    @property
-    def done(self) -> bool:
-        return self._raw is None
-
     def wait(self) -> None:
         """The outcome: None once committed, or SQLAlchemy's exception for the failure
         (`IntegrityError`, `OperationalError`...), as `Connection.execute` raises it, with
@@ -201,7 +193,7 @@ class Sent:
             session = _Session.of(raw)
             if failure is None:
                 session.prepared.update(self._preparing)
-            else:
+            elif not driver.broken:
                 if pgconn.transaction_status == TransactionStatus.INERROR:
                     driver.execute("ROLLBACK")
                 session.recount()
@@ -272,7 +264,11 @@ class Script:
         raw.close()
         if isinstance(exc, DriverError):
             raise DBAPIError.instance(
-                "BEGIN", None, exc, DriverError, dialect=self._engine.dialect
+                "(a transaction written out as one query)",
+                None,
+                exc,
+                DriverError,
+                dialect=self._engine.dialect,
             ) from exc
         raise exc
 
