@@ -2,14 +2,14 @@
 each database allows.
 
 On PostgreSQL a transaction that only writes (a handful of INSERTs and UPDATEs and their
-audit rows) goes as one query between BEGIN and COMMIT: one round trip, whatever the
-number of statements (`Script`). Each statement is compiled by SQLAlchemy once, prepared
-on the server the first time a connection sends it and then executed by name with its
-values quoted by psycopg: the server parses and plans it once. Consecutive rows of one
-INSERT go as one statement. `Script.send` does not wait for the server: the caller goes on
-while the server works and takes the outcome when it needs it (`Sent.wait`). Once sent,
-the whole transaction, COMMIT included, is the server's to run, whatever becomes of the
-caller.
+audit rows) goes as one query, which the server runs as one transaction (all of it or
+nothing): one round trip, whatever the number of statements (`Script`). Each statement is
+compiled by SQLAlchemy once, prepared on the server the first time a connection sends it
+and then executed by name with its values quoted by psycopg: the server parses and plans
+it once. Consecutive rows of one INSERT go as one statement. `Script.send` does not wait
+for the server: the caller goes on while the server works and takes the outcome when it
+needs it (`Sent.wait`). Once sent, the whole transaction, its commit included, is the
+server's to run, whatever becomes of the caller.
 
 psycopg's own automatic preparing is off on the engines `aiassist.store.db.make_engine`
 makes: after a rollback it runs `DEALLOCATE ALL`, which would drop these statements too.
@@ -170,7 +170,7 @@ class Sent:
         and the transaction can be sent again."""
         from psycopg import Error as DriverError
         from psycopg.errors import error_from_result
-        from psycopg.pq import ExecStatus, TransactionStatus
+        from psycopg.pq import ExecStatus
 
         raw, self._raw = self._raw, None
         if raw is None:
@@ -193,9 +193,7 @@ class Sent:
             session = _Session.of(raw)
             if failure is None:
                 session.prepared.update(self._preparing)
-            elif not driver.broken:
-                if pgconn.transaction_status == TransactionStatus.INERROR:
-                    driver.execute("ROLLBACK")
+            elif not driver.broken:  # rolled back whole: a query is one transaction
                 session.recount()
         except DriverError as exc:
             failure = exc
@@ -330,7 +328,7 @@ def _write(
             groups[-1][1].append(values)  # one more row of the same INSERT
         else:
             groups.append((template, [values]))
-    parts = [b"BEGIN;\n", NOT_DURABLE.encode() + b";\n"] if not durable else [b"BEGIN;\n"]
+    parts = [] if durable else [NOT_DURABLE.encode() + b";\n"]
     preparing: list[bytes] = []
     for template, rows in groups:
         name, text = template.prepared_as(len(rows))
@@ -353,7 +351,6 @@ def _write(
             parts.append(b"EXECUTE %s(%s);\n" % (name, b", ".join(arguments)))
         else:
             parts.append(b"EXECUTE %s;\n" % name)
-    parts.append(b"COMMIT")
     return b"".join(parts), [t.compiled.string for t, _ in groups], preparing
 
 
