@@ -271,28 +271,36 @@ def test_a_failed_script_commits_nothing_and_its_connection_goes_on(pg_url: str)
     engine.dispose()
 
 
+def outcomes_of_scripts(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The outcome of each transaction sent as a script from now on: "ok" or the error's
+    class name."""
+    outcomes: list[str] = []
+    wait = script.Sent.wait
+
+    def recorded(self: script.Sent) -> None:
+        try:
+            wait(self)
+        except Exception as exc:
+            outcomes.append(type(exc).__name__)
+            raise
+        outcomes.append("ok")
+
+    monkeypatch.setattr(script.Sent, "wait", recorded)
+    return outcomes
+
+
+def audited(name: str) -> Callable[[Unit], None]:
+    """A unit's work that appends one audit event named `name`."""
+    return lambda unit: unit.audit("test.unit", name, {"n": name})
+
+
 def test_a_unit_whose_connection_died_is_sent_again_on_a_new_one(
     pg_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(db, "PING_IDLE_SECONDS", 3600.0)  # no check on checkout: the script
     engine = make_engine(pg_url, pool_size=1)  # finds out
     store = RunStore(make_sessionmaker(engine))
-    sent: list[str] = []
-    wait = script.Sent.wait
-
-    def counted(self: script.Sent) -> None:
-        try:
-            wait(self)
-        except Exception as exc:
-            sent.append(type(exc).__name__)
-            raise
-        sent.append("ok")
-
-    monkeypatch.setattr(script.Sent, "wait", counted)
-
-    def audited(name: str) -> Callable[[Unit], None]:
-        return lambda unit: unit.audit("test.unit", name, {})
-
+    sent = outcomes_of_scripts(monkeypatch)
     store.unit(audited("first"), actor="t", writes_only=True)  # the head is known from here
     store.unit(audited("second"), actor="t", writes_only=True)
     with engine.connect() as conn:
@@ -315,21 +323,7 @@ def test_statements_are_prepared_once_and_sent_whole_once_dropped(
 ) -> None:
     engine = make_engine(pg_url, pool_size=1)  # one connection: the same one each time
     store = RunStore(make_sessionmaker(engine))
-    outcomes: list[str] = []
-    wait = script.Sent.wait
-
-    def recorded(self: script.Sent) -> None:
-        try:
-            wait(self)
-        except Exception as exc:
-            outcomes.append(type(exc).__name__)
-            raise
-        outcomes.append("ok")
-
-    monkeypatch.setattr(script.Sent, "wait", recorded)
-
-    def audited(name: str) -> Callable[[Unit], None]:
-        return lambda unit: unit.audit("test.unit", name, {"n": name})
+    outcomes = outcomes_of_scripts(monkeypatch)
 
     def prepared() -> list[str]:
         with engine.connect() as conn:
