@@ -136,34 +136,24 @@ class TimedRuntime(Runtime):
         return turn
 
 
+def timed_as_wait(owner: Any, name: str) -> None:
+    """Time every call of `owner.name` into `_wait_ns`: the database wait."""
+    inner = getattr(owner, name)
+
+    def timed(*args: Any) -> Any:
+        started = time.perf_counter_ns()
+        try:
+            return inner(*args)
+        finally:
+            _wait_ns.append(time.perf_counter_ns() - started)
+
+    setattr(owner, name, timed)
+
+
 def timing_waits(engine: Engine) -> Engine:
-    """`engine`, its dialect's COMMIT timed into `_wait_ns`."""
-    commit = engine.dialect.do_commit
-
-    def timed(dbapi_connection: Any) -> None:
-        started = time.perf_counter_ns()
-        try:
-            commit(dbapi_connection)
-        finally:
-            _wait_ns.append(time.perf_counter_ns() - started)
-
-    engine.dialect.do_commit = timed  # type: ignore[method-assign]
+    """`engine`, its dialect's COMMIT timed as a wait (what SQLite's commits wait for)."""
+    timed_as_wait(engine.dialect, "do_commit")
     return engine
-
-
-def timing_scripts() -> None:
-    """Time into `_wait_ns` what each transaction sent as one script (PostgreSQL) waits
-    for the server's answer (`aiassist.store.script.Sent.wait`)."""
-    wait = script.Sent.wait
-
-    def timed(sent: script.Sent) -> None:
-        started = time.perf_counter_ns()
-        try:
-            wait(sent)
-        finally:
-            _wait_ns.append(time.perf_counter_ns() - started)
-
-    script.Sent.wait = timed  # type: ignore[method-assign]
 
 
 def checkpoint_in_commit(url: str) -> Engine:
@@ -334,7 +324,8 @@ def main() -> None:
     parser.add_argument("--calls", type=int, help="measured tool calls per kind and database")
     args = parse_args(parser, "agent_overhead", {"calls": 1000}, {"calls": 40})
     started = datetime.now(UTC)
-    timing_scripts()
+    # what each transaction sent as one script (PostgreSQL) waits for the server's answer
+    timed_as_wait(script.Sent, "wait")
     machine = machine_info(["sqlalchemy", "psycopg", "anyio", "pydantic"])
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:
