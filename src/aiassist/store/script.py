@@ -31,7 +31,7 @@ import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 
 from sqlalchemy import Connection, Engine, Table
 from sqlalchemy.engine import Dialect
@@ -58,7 +58,6 @@ _unprepared: weakref.WeakSet[Engine] = weakref.WeakSet()
 class _Template:
     """A compiled statement cut at its parameters: `chunks` around `names`, in order."""
 
-    statement: Executable
     compiled: SQLCompiler
     chunks: list[bytes]
     names: list[str]
@@ -95,20 +94,38 @@ class _Template:
         return known
 
 
-_templates: dict[tuple[int, tuple[str, ...]], _Template] = {}
+V = TypeVar("V")
+#: what is made once per statement (and the parameters given), by statement identity
+_Cache = dict[tuple[int, tuple[str, ...]], tuple[Executable, V]]
+
+
+def _once(
+    cache: _Cache[V], statement: Executable, keys: tuple[str, ...], make: Callable[[], V]
+) -> V:
+    """`make()` for `statement` and `keys`, made once while the statement lives."""
+    hit = cache.get((id(statement), keys))
+    if hit is not None and hit[0] is statement:
+        return hit[1]
+    value = make()
+    if len(cache) >= _CACHE_SIZE:  # statements built per call would only pile up
+        cache.clear()
+    cache[(id(statement), keys)] = (statement, value)
+    return value
+
+
+_templates: _Cache[_Template] = {}
 
 
 def _template(statement: Executable, dialect: Dialect, keys: tuple[str, ...]) -> _Template:
-    cache_key = (id(statement), keys)
-    hit = _templates.get(cache_key)
-    if hit is not None and hit.statement is statement:
-        return hit
+    return _once(_templates, statement, keys, lambda: _cut(statement, dialect, keys))
+
+
+def _cut(statement: Executable, dialect: Dialect, keys: tuple[str, ...]) -> _Template:
     compiled: SQLCompiler = statement.compile(dialect=dialect, column_keys=list(keys))  # type: ignore[attr-defined]
     pieces = _PARAMETER.split(compiled.string)  # text, name, text, name, ..., text
     names = pieces[1::2]
     chunks = [text.replace("%%", "%").encode() for text in pieces[::2]]
-    template = _Template(
-        statement,
+    return _Template(
         compiled,
         chunks,
         names,
@@ -118,10 +135,6 @@ def _template(statement: Executable, dialect: Dialect, keys: tuple[str, ...]) ->
         and chunks[-1].endswith(b")"),
         isinstance(statement, Insert) and sorted(names) == sorted(keys),
     )
-    if len(_templates) >= _CACHE_SIZE:  # statements built per call would only pile up
-        _templates.clear()
-    _templates[cache_key] = template
-    return template
 
 
 _defaults: dict[Table, list[tuple[str, Any]]] = {}
@@ -354,7 +367,7 @@ def _write(
     return b"".join(parts), [t.compiled.string for t, _ in groups], preparing
 
 
-_queries: dict[int, tuple[Executable, str]] = {}
+_queries: _Cache[str] = {}
 
 
 def scalar(connection: Connection, statement: Executable) -> Any:
@@ -362,18 +375,29 @@ def scalar(connection: Connection, statement: Executable) -> Any:
     the driver, as `execute` writes."""
     if connection.dialect.name != "sqlite":
         return connection.scalar(statement)
-    hit = _queries.get(id(statement))
-    if hit is None or hit[0] is not statement:
-        compiled = statement.compile(  # type: ignore[attr-defined]
-            dialect=connection.dialect, compile_kwargs={"literal_binds": True}
-        )
-        hit = _queries[id(statement)] = (statement, compiled.string)
-    row = _on_driver(connection, lambda cursor: cursor.execute(hit[1]).fetchone(), hit[1])
+    query = _once(
+        _queries,
+        statement,
+        (),
+        lambda: (
+            statement.compile(  # type: ignore[attr-defined]
+                dialect=connection.dialect, compile_kwargs={"literal_binds": True}
+            ).string
+        ),
+    )
+    row = _on_driver(connection, lambda cursor: cursor.execute(query).fetchone(), query)
     return None if row is None else row[0]
 
 
-_Positional = tuple[Executable, SQLCompiler, list[tuple[str, Callable[[Any], Any] | None]]]
-_positional: dict[tuple[int, tuple[str, ...]], _Positional] = {}
+_Positional = tuple[SQLCompiler, list[tuple[str, Callable[[Any], Any] | None]]]
+_positional: _Cache[_Positional] = {}
+
+
+def _positional_form(statement: Executable, dialect: Dialect, keys: tuple[str, ...]) -> _Positional:
+    """`statement` compiled for a positional driver, and its parameters in order."""
+    compiled: SQLCompiler = statement.compile(dialect=dialect, column_keys=list(keys))  # type: ignore[attr-defined]
+    processors: dict[str, Any] = dict(compiled._bind_processors)
+    return compiled, [(name, processors.get(name)) for name in compiled.positiontup or []]
 
 
 def execute(
@@ -389,18 +413,9 @@ def execute(
     if isinstance(statement, Insert):  # the columns' Python-side defaults, as SQLAlchemy would
         rows = [_with_defaults(statement.table, row) for row in rows]  # type: ignore[arg-type]
         keys = tuple(rows[0])
-    hit = _positional.get((id(statement), keys))
-    if hit is None or hit[0] is not statement:
-        compiled: SQLCompiler = statement.compile(  # type: ignore[attr-defined]
-            dialect=connection.dialect, column_keys=list(keys)
-        )
-        processors: dict[str, Any] = dict(compiled._bind_processors)
-        binds = [(name, processors.get(name)) for name in compiled.positiontup or []]
-        hit = (statement, compiled, binds)
-        if len(_positional) >= _CACHE_SIZE:
-            _positional.clear()
-        _positional[(id(statement), keys)] = hit
-    compiled, binds = hit[1], hit[2]
+    compiled, binds = _once(
+        _positional, statement, keys, lambda: _positional_form(statement, connection.dialect, keys)
+    )
     arguments = []
     for row in rows:
         values = compiled.construct_params(dict(row)) if not isinstance(statement, Insert) else row
