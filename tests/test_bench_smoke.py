@@ -80,6 +80,12 @@ def check_priority(result: dict[str, Any]) -> None:
     assert model["model_answers"] == model["tasks"] and model["rescued"] > 0
     assert len(policies["model"]["per_seed"]) == len(result["parameters"]["seeds"]) == 1
     assert "model, no rescue" in policies  # the ablations run on the main scenario
+    floods = [name for name, run in result["scenarios"].items() if "hours" in run["spec"]]
+    assert len(floods) == 2
+    for name in floods:
+        for policy in result["scenarios"][name]["policies"].values():
+            assert 0 <= policy["mean"]["reports_started_in_flood_pct"] <= 100
+    assert "starvation" in result["goals"][2]["goal"]
 
 
 def check_retry(result: dict[str, Any]) -> None:

@@ -28,6 +28,7 @@ from aiassist.modules.priority.simulator import (
     LeastSlack,
     ModulePolicy,
     StaticLevels,
+    flood,
     generate,
     simulate,
     summarize,
@@ -186,6 +187,29 @@ def test_every_task_runs_once_and_policies_differ_where_expected() -> None:
     assert (np.diff(runs["fifo"].start) >= -1e-9).all()  # FIFO starts in arrival order
     high = traffic.high
     assert runs["module"].wait(traffic)[high].mean() < fifo_wait[high].mean()
+
+
+def test_a_flood_starves_the_reports_under_static_levels_but_not_under_the_module() -> None:
+    traffic = flood(4, workers=4, hours=3.0)
+    assert (np.diff(traffic.arrival) >= 0).all() and traffic.arrival[-1] < 10_800
+    reports = np.isnan(traffic.deadline)
+    assert set(np.array(traffic.task_type)[reports]) == {"report_export"}
+    work = traffic.true_base.sum() / (4 * 10_800)  # offered load, both parts
+    assert 1.05 < work < 1.3, work
+    assert flood(4, workers=4, hours=3.0).task_type == traffic.task_type  # seeded
+    # A bound of 1,860 s (the default is 10,860 s) so that three hours show it.
+    scoring = Scoring(horizon_s=900, weight_s=300, weight_cap_s=900, risk_s=60)
+    module_policy = ModulePolicy(PriorityModule(scoring).fallback, scoring=scoring)
+    waits = {}
+    for policy in (StaticLevels(), EDF(), module_policy):
+        run = simulate(traffic, policy)
+        started_in_flood = run.start[reports] < 10_800
+        waits[policy.name] = run.wait(traffic)[reports].max()
+        if policy is module_policy:
+            assert started_in_flood.mean() > 0.5
+        else:  # deliveries always wait, so reports run only when the flood is over
+            assert started_in_flood.mean() < 0.1, policy.name
+    assert waits["module"] < 0.5 * min(waits["static"], waits["edf"]), waits
 
 
 # --- the trainer -------------------------------------------------------------------------

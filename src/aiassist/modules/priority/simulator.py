@@ -25,6 +25,13 @@ example, with these parts (every number is a constant below, none depends on a p
   `anomaly` feature of weather-sensitive tasks enqueued then (a platform knows the weather);
   it slows them by the severity at their start.
 
+A second shape, `flood`, is the test of starvation: for `hours`, delivery assignments alone
+arrive faster than the pool can run them (`favoured_load` above 1), while report exports,
+the low class, trickle in (`low_load`); then nothing more arrives and the pool drains.
+Arrivals are Poisson, durations, deadlines and weights drawn as above, no weather. An
+ordering that always prefers deliveries and never ages (static levels, EDF: reports have
+no deadline) starts no report until the flood is over.
+
 Classes, defined by the truth, not by any policy's label: **high** = business weight
 >= `HIGH_WEIGHT` (about 10% of tasks, half of them of the level-9 type, the rest spread over
 level-6 types), **low** = business weight < `LOW_WEIGHT` (about 24%, mostly report exports
@@ -71,6 +78,7 @@ __all__ = [
     "TaskType",
     "Traffic",
     "features_at",
+    "flood",
     "generate",
     "simulate",
     "summarize",
@@ -233,6 +241,51 @@ def generate(spec: GeneratorSpec) -> Traffic:
         sensitive=sensitive,
         base_anomaly=np.ones(n),
         storms=storms,
+    )
+
+
+def flood(
+    seed: int,
+    *,
+    workers: int = 16,
+    hours: float = 8.0,
+    favoured_load: float = 1.05,
+    low_load: float = 0.1,
+) -> Traffic:
+    """Draw a flood (see the module docstring): deliveries at `favoured_load` and reports at
+    `low_load` of the pool's capacity for `hours`."""
+    rng = np.random.default_rng(seed)
+    span = hours * 3600.0
+    kinds = {t.name: t for t in TASK_TYPES}
+    drawn: list[dict[str, np.ndarray]] = []
+    for kind, load in (
+        (kinds["delivery_assign"], favoured_load),
+        (kinds["report_export"], low_load),
+    ):
+        n = int(rng.poisson(load * workers / kind.est_mean_s * span))
+        est = kind.est_mean_s * _lognormal_mean_one(rng, _SIGMA_SIZE, n)
+        arrival = rng.uniform(0.0, span, n)
+        true_base = est * _lognormal_mean_one(rng, _SIGMA_ERROR, n)
+        sla = math.nan if kind.sla_s is None else kind.sla_s
+        deadline = arrival + sla * rng.uniform(*_SLA_SPREAD, n)
+        weight = kind.weight * _lognormal_mean_one(rng, _SIGMA_WEIGHT, n)
+        kind_index = np.full(n, TASK_TYPES.index(kind))
+        drawn.append(dict(arrival=arrival, est=est, true_base=true_base, deadline=deadline,
+                          weight=weight, kind=kind_index))  # fmt: skip
+    order = np.argsort(np.concatenate([d["arrival"] for d in drawn]), kind="stable")
+    c = {key: np.concatenate([d[key] for d in drawn])[order] for key in drawn[0]}
+    types = [TASK_TYPES[k] for k in c["kind"]]
+    return Traffic(
+        workers=workers,
+        arrival=c["arrival"],
+        task_type=[t.name for t in types],
+        est=c["est"],
+        true_base=c["true_base"],
+        deadline=c["deadline"],
+        weight=c["weight"],
+        level=np.array([t.level for t in types]),
+        sensitive=np.zeros(len(order), dtype=bool),
+        base_anomaly=np.ones(len(order)),
     )
 
 
