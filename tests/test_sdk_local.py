@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -14,9 +15,14 @@ from aiassist import AIAssistService, UnknownModuleError
 from aiassist.engine import Engine
 from aiassist.metrics import Metrics
 from aiassist.modules.reference import ReferenceFeatures
+from aiassist.registry.store import ModelRegistry
 from aiassist.settings import Settings
-from aiassist.store.db import make_engine, make_sessionmaker
+from aiassist.store.audit import AuditLog
+from aiassist.store.db import make_engine, make_sessionmaker, upgrade
 from aiassist.store.models import DecisionRecord, OutcomeRecord
+from aiassist.training.daemon import ModelDaemon
+
+from .conftest import wait_for
 
 
 class LinearModel:
@@ -158,3 +164,52 @@ def test_fork_safe(local: AIAssistService) -> None:
     assert local._store is not None
     local._store.flush()
     assert count(local.settings.resolved_database_url, DecisionRecord) == 6
+
+
+def test_local_mode_serves_the_stable_model_on_the_volume(tmp_path: Path, metrics: Metrics) -> None:
+    """The daemon promotes a model while the backend runs: the in-process service serves it
+    (its forked workers too) and follows the tag when it moves, as the inference service
+    does."""
+    from aiassist.modules.reference import module as reference
+
+    settings = Settings(data_dir=tmp_path, record_flush_seconds=0.05, model_poll_seconds=0.05)
+    upgrade(settings.resolved_database_url)
+    db = make_engine(settings.resolved_database_url)
+    registry = ModelRegistry(settings.resolved_models_dir)
+    daemon = ModelDaemon(
+        settings, registry, db, AuditLog(make_sessionmaker(db)), {"reference": reference}
+    )
+    service = AIAssistService(settings, metrics=metrics)
+    try:
+        assert service.decide("reference", {"signal": 1.0}).source == "fallback"  # no model yet
+        assert daemon.train("reference", synthetic=True, rows=2000, reason="test").action == (
+            "promoted"
+        )
+        wait_for(lambda: service.engine.served_version("reference") == "v0001")
+        decision = service.decide("reference", {"signal": 1.0})
+        assert (decision.source, decision.model_version) == ("model", "v0001")
+        swaps = metrics.registry.get_sample_value(
+            "aiassist_model_swaps_total", {"module": "reference"}
+        )
+        assert swaps == 1
+
+        pid = os.fork()
+        if pid == 0:  # a worker: decides with the model, then follows the tag on its own
+            code = 1
+            try:
+                if service.decide("reference", {"signal": 1.0}).source == "model":
+                    deadline = time.monotonic() + 20
+                    while time.monotonic() < deadline and code:
+                        if service.engine.served_version("reference") is None:
+                            code = 0
+                        time.sleep(0.02)
+            finally:
+                os._exit(code)
+        registry.set_tag("reference", "stable", None, actor="test", reason="unload")
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        wait_for(lambda: service.engine.served_version("reference") is None)
+        assert service.decide("reference", {"signal": 1.0}).source == "fallback"
+    finally:
+        service.close()
+        db.dispose()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from functools import cache
+from typing import Any
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
@@ -163,6 +164,13 @@ class Metrics:
             ["flow"],
             registry=registry,
         )
+
+    def count_model_event(self, kind: str, module: str, data: dict[str, Any]) -> None:
+        """A `ModelWatcher` event (`on_event`): a refused version, or a swap."""
+        if kind == "model.refused":
+            self.model_refusals.labels(module, data["reason"]).inc()
+        else:
+            self.model_swaps.labels(module).inc()
 
 
 @cache

@@ -206,6 +206,14 @@ class ModelWatcher:
 
     def start(self) -> None:
         self.sync()
+        self._watch()
+
+    def after_fork(self) -> None:
+        """In a forked child: the watching thread stayed in the parent; watch from here."""
+        self._stop, self._lock = threading.Event(), threading.Lock()
+        self._watch()
+
+    def _watch(self) -> None:
         self._thread = threading.Thread(target=self._run, name="aiassist-models", daemon=True)
         self._thread.start()
 

@@ -15,7 +15,7 @@ import os
 import threading
 import weakref
 from collections.abc import Mapping, Sequence
-from typing import Any, ClassVar, Self, TypeVar, overload
+from typing import TYPE_CHECKING, Any, ClassVar, Self, TypeVar, overload
 
 from pydantic import BaseModel
 
@@ -24,6 +24,9 @@ from aiassist.metrics import Metrics, default_metrics
 from aiassist.modules import AnyModule, Decision, Features, Module, Outcome
 from aiassist.sdk.remote import RemoteClient, ServiceUnavailable
 from aiassist.settings import Settings, load_settings
+
+if TYPE_CHECKING:
+    from aiassist.registry.runtime import ModelWatcher
 
 __all__ = ["AIAssistService"]
 
@@ -51,9 +54,12 @@ class AIAssistService:
         self.engine = Engine(metrics=self.metrics)
         self._remote = RemoteClient(self.settings) if self.settings.mode == "remote" else None
         self._store: _LocalStore | None = None
-        if self._remote is None and self.settings.record_decisions:
-            self._store = _LocalStore(self.settings, self.metrics)
-            self.engine.on_decision = self._store.record_decision
+        self._models: ModelWatcher | None = None
+        if self._remote is None:
+            self._models = _follow_models(self.settings, self.engine, self.metrics)
+            if self.settings.record_decisions:
+                self._store = _LocalStore(self.settings, self.metrics)
+                self.engine.on_decision = self._store.record_decision
         _live.add(self)
 
     # --- the singleton -----------------------------------------------------------------
@@ -233,16 +239,22 @@ class AIAssistService:
     def close(self) -> None:
         if self._remote is not None:
             self._remote.close()
-        if self._store is not None:
-            self._store.close()
+        self._close_local()
 
     async def aclose(self) -> None:
         if self._remote is not None:
             await self._remote.aclose()
+        self._close_local()
+
+    def _close_local(self) -> None:
+        if self._models is not None:
+            self._models.stop()
         if self._store is not None:
             self._store.close()
 
     def _after_fork(self) -> None:
+        if self._models is not None:
+            self._models.after_fork()
         if self._store is not None:
             self._store.after_fork()
 
@@ -276,6 +288,28 @@ class AIAssistService:
     def _count(self, mod: AnyModule, decisions: list[Decision]) -> None:
         for d in decisions:
             self.metrics.decisions.labels(mod.name, d.source).inc()
+
+
+def _follow_models(settings: Settings, engine: Engine, metrics: Metrics) -> ModelWatcher | None:
+    """Local mode serves the models on the volume as the service does: the `stable` version
+    of every module, checked before it serves, swapped when the daemon moves the tag.
+    Without onnxruntime (the light SDK) the rules answer."""
+    try:
+        from aiassist.registry.runtime import ModelWatcher
+        from aiassist.registry.store import ModelRegistry
+    except ImportError:  # pragma: no cover - depends on the installed extras
+        log.warning("local mode: onnxruntime is not installed, the modules' rules answer")
+        return None
+
+    watcher = ModelWatcher(
+        ModelRegistry(settings.resolved_models_dir),
+        engine,
+        latency_budget_us=settings.model_latency_budget_us,
+        poll_seconds=settings.model_poll_seconds,
+        on_event=metrics.count_model_event,
+    )
+    watcher.start()
+    return watcher
 
 
 class _LocalStore:

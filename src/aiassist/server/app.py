@@ -194,10 +194,7 @@ def _model_events(audit: AuditLog, metrics: Metrics) -> Callable[[str, str, dict
     """Every swap and refusal of a model version is an audit event and a metric."""
 
     def record(kind: str, module: str, data: dict[str, Any]) -> None:
-        if kind == "model.refused":
-            metrics.model_refusals.labels(module, data["reason"]).inc()
-        else:
-            metrics.model_swaps.labels(module).inc()
+        metrics.count_model_event(kind, module, data)
         audit.append(kind, f"{module}/{data.get('version')}", actor="service", data=data)
 
     return record
