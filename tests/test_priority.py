@@ -11,7 +11,9 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
+from prometheus_client import CollectorRegistry
 
+from aiassist import AIAssistService
 from aiassist.metrics import Metrics
 from aiassist.modules.priority import (
     PriorityFeatures,
@@ -40,7 +42,7 @@ from aiassist.store.audit import AuditLog
 from aiassist.store.db import make_engine, make_sessionmaker
 from aiassist.training.daemon import ModelDaemon
 
-from .conftest import LiveServer, Tokens
+from .conftest import LiveServer, Tokens, wait_for
 
 BASE: dict[str, Any] = module.example | {"age_s": 0}
 
@@ -247,6 +249,48 @@ def test_the_daemon_bootstraps_priority_from_its_simulator(settings: Settings) -
         db.dispose()
     assert result.action == "promoted" and result.baseline == "fallback", result.reason
     assert registry.resolve("priority", "stable") == result.version
+
+
+def test_the_daemon_retrains_priority_from_recorded_outcomes(settings: Settings) -> None:
+    """Tasks that really run 1.8x longer than estimated (a slowdown nobody reports): the
+    outcomes recorded through the service (local mode) show more misses than the simulator
+    predicts, and the model retrained on them is better calibrated, promoted, and served by
+    the same service without a restart."""
+    settings = settings.model_copy(
+        update={"retrain_min_outcomes": 600, "min_train_rows": 100, "model_poll_seconds": 0.1}
+    )
+    db = make_engine(settings.resolved_database_url)
+    registry = ModelRegistry(settings.resolved_models_dir)
+    daemon = ModelDaemon(
+        settings, registry, db, AuditLog(make_sessionmaker(db)), {"priority": module}
+    )
+    assert daemon.maybe_train("priority").action == "promoted"  # v0001: the simulator
+    service = AIAssistService(settings, metrics=Metrics(CollectorRegistry()))
+    try:
+        traffic = generate(GeneratorSpec(tasks=1500, workers=4, load=0.8, seed=21))
+        traffic.true_base *= 1.8
+        run = simulate(traffic, FIFO(), record_features=True)
+        missed, rows = run.missed(traffic), np.flatnonzero(~np.isnan(traffic.deadline))
+        assert 0.05 < missed[rows].mean() < 0.95  # both labels occur
+        decisions = service.decide_many("priority", [run.features[i] for i in rows])
+        assert {(d.source, d.model_version) for d in decisions} == {("model", "v0001")}
+        for i, decision in zip(rows, decisions, strict=True):
+            outcome = {"waited_s": float(run.start[i] - traffic.arrival[i]),
+                       "ran_s": float(run.finish[i] - run.start[i]),
+                       "deadline_met": not missed[i]}  # fmt: skip
+            assert service.record_outcome("priority", decision.decision_id, outcome)
+        assert service._store is not None
+        service._store.flush()
+        result = daemon.maybe_train("priority")
+        assert (result.action, result.version, result.baseline) == ("promoted", "v0002", "v0001")
+        assert result.candidate_quality > result.baseline_quality  # type: ignore[operator]
+        training = registry.manifest("priority", "v0002").training
+        assert training is not None and training.source == "outcomes"
+        wait_for(lambda: service.engine.served_version("priority") == "v0002")
+        assert service.decide("priority", run.features[rows[0]]).model_version == "v0002"
+    finally:
+        service.close()
+        db.dispose()
 
 
 # --- over HTTP ---------------------------------------------------------------------------
