@@ -90,7 +90,7 @@ COLUMNS = (
     ("throughput_per_min", "tasks/min", "{:.1f}"),
 )
 FLOOD_COLUMN = ("reports_started_in_flood_pct", "reports started in the flood %", "{:.1f}")
-#: Which way is worse, for the worst-over-seeds figures.
+#: Where higher is better: the worst seed is the lowest (elsewhere the highest).
 _HIGHER_IS_BETTER = {"throughput_per_min", FLOOD_COLUMN[0]}
 
 PACKAGES = ["aiassist", "numpy", "pydantic", "lightgbm", "onnxmltools", "onnxruntime"]
