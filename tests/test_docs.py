@@ -1,9 +1,11 @@
-"""The documentation's Python examples run as written."""
+"""The documentation's examples run as written: its Python, and the README's curl calls."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +15,8 @@ from prometheus_client import CollectorRegistry
 
 from aiassist.engine import Engine
 from aiassist.metrics import Metrics
+
+from .conftest import LiveServer, Tokens
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -42,3 +46,27 @@ def test_module_example_is_a_working_module() -> None:
     engine = Engine([module], metrics=Metrics(CollectorRegistry()))  # type: ignore[list-item]
     decision = engine.decide("churn", module.example)  # type: ignore[attr-defined]
     assert decision.reach_out is True and decision.source == "fallback"  # type: ignore[attr-defined]
+
+
+@pytest.fixture
+def db_url(sqlite_url: str) -> str:
+    """SQLite only (overrides conftest's two databases): nothing here is about storage."""
+    return sqlite_url
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="needs curl")
+def test_readme_curl_calls_work_as_written(live_server: LiveServer, tokens: Tokens) -> None:
+    readme = (ROOT / "README.md").read_text()
+    calls = re.findall(r"^\$ (curl (?:.*\\\n)*.*)$", readme, flags=re.M)
+    assert calls
+    for call in calls:
+        done = subprocess.run(
+            ["bash", "-c", call.replace("localhost:8000", live_server.url.split("//")[1])],
+            env=os.environ | {"KEY": tokens.decide},
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        )
+        answer = json.loads(done.stdout)
+        assert answer["source"] in ("model", "fallback") and answer["decision_id"], answer
