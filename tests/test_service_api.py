@@ -128,6 +128,19 @@ def test_not_json_is_422(client: httpx.Client, tokens: Tokens) -> None:
     assert response.status_code == 422
 
 
+@pytest.mark.parametrize("media", ["application/x-www-form-urlencoded", "text/plain"])
+def test_a_body_not_sent_as_json_is_415_saying_so(
+    client: httpx.Client, tokens: Tokens, media: str
+) -> None:
+    response = client.post(
+        "/v1/reference/decide",
+        content=b'{"features": {"signal": 1}}',  # what curl -d sends, as form encoding
+        headers=tokens.header() | {"content-type": media},
+    )
+    assert response.status_code == 415
+    assert "'content-type: application/json'" in response.json()["detail"]
+
+
 def test_decisions_and_outcomes_are_persisted(
     client: httpx.Client, tokens: Tokens, db_url: str
 ) -> None:

@@ -16,6 +16,8 @@ from typing import Any
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
+from fastapi.exception_handlers import request_validation_exception_handler
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from sqlalchemy import Engine as DbEngine
@@ -135,6 +137,16 @@ def create_app(settings: Settings | None = None, *, agent_tools: ToolSet | None 
     )
     app.add_middleware(BodyLimitMiddleware, max_bytes=MAX_BODY_BYTES)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> Response:
+        media = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+        whole_body = any(tuple(e["loc"]) == ("body",) for e in exc.errors())
+        if whole_body and media and media != "application/json" and not media.endswith("+json"):
+            # curl -d sends form encoding: name the fix, not a pydantic error about a string
+            detail = f"send the body as JSON, with 'content-type: application/json' (not {media})"
+            return JSONResponse({"detail": detail}, status_code=415)
+        return await request_validation_exception_handler(request, exc)
 
     @app.exception_handler(Exception)
     async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
