@@ -144,7 +144,8 @@ def create_app(settings: Settings | None = None, *, agent_tools: ToolSet | None 
         whole_body = any(tuple(e["loc"]) == ("body",) for e in exc.errors())
         if whole_body and media and media != "application/json" and not media.endswith("+json"):
             # curl -d sends form encoding: name the fix, not a pydantic error about a string
-            detail = f"send the body as JSON, with 'content-type: application/json' (not {media})"
+            sent = media[:100]
+            detail = f"send the body as JSON, with 'content-type: application/json' (not {sent})"
             return JSONResponse({"detail": detail}, status_code=415)
         return await request_validation_exception_handler(request, exc)
 
