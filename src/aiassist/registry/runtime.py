@@ -22,6 +22,7 @@ import onnxruntime as ort
 from aiassist.engine import Engine
 from aiassist.modules import AnyModule
 from aiassist.registry.store import MODEL_FILE, Manifest, ModelRegistry, RegistryError, sha256_file
+from aiassist.settings import Settings
 
 __all__ = ["ModelRejected", "ModelWatcher", "OnnxPredictor", "load_checked"]
 
@@ -203,6 +204,22 @@ class ModelWatcher:
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @classmethod
+    def for_settings(
+        cls,
+        settings: Settings,
+        engine: Engine,
+        on_event: Callable[[str, str, dict[str, Any]], None] | None = None,
+    ) -> ModelWatcher:
+        """A watcher of the volume, latency budget and poll interval that `settings` name."""
+        return cls(
+            ModelRegistry(settings.resolved_models_dir),
+            engine,
+            latency_budget_us=settings.model_latency_budget_us,
+            poll_seconds=settings.model_poll_seconds,
+            on_event=on_event,
+        )
 
     def start(self) -> None:
         self.sync()

@@ -296,18 +296,11 @@ def _follow_models(settings: Settings, engine: Engine, metrics: Metrics) -> Mode
     Without onnxruntime (the light SDK) the rules answer."""
     try:
         from aiassist.registry.runtime import ModelWatcher
-        from aiassist.registry.store import ModelRegistry
     except ImportError:  # pragma: no cover - depends on the installed extras
         log.warning("local mode: onnxruntime is not installed, the modules' rules answer")
         return None
 
-    watcher = ModelWatcher(
-        ModelRegistry(settings.resolved_models_dir),
-        engine,
-        latency_budget_us=settings.model_latency_budget_us,
-        poll_seconds=settings.model_poll_seconds,
-        on_event=metrics.count_model_event,
-    )
+    watcher = ModelWatcher.for_settings(settings, engine, metrics.count_model_event)
     watcher.start()
     return watcher
 

@@ -97,14 +97,7 @@ def create_app(settings: Settings | None = None, *, agent_tools: ToolSet | None 
             )
             engine.on_decision = recorder
         audit = AuditLog(sessions)
-        registry = ModelRegistry(settings.resolved_models_dir)
-        watcher = ModelWatcher(
-            registry,
-            engine,
-            latency_budget_us=settings.model_latency_budget_us,
-            poll_seconds=settings.model_poll_seconds,
-            on_event=_model_events(audit, metrics),
-        )
+        watcher = ModelWatcher.for_settings(settings, engine, _model_events(audit, metrics))
         app.state.aiassist = ServiceState(
             settings=settings,
             db=db,
@@ -113,7 +106,7 @@ def create_app(settings: Settings | None = None, *, agent_tools: ToolSet | None 
             engine=engine,
             metrics=metrics,
             recorder=recorder,
-            registry=registry,
+            registry=watcher.registry,
             watcher=watcher,
         )
         await run_in_threadpool(watcher.start)
