@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
@@ -21,15 +21,33 @@ import uvicorn
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
+from aiassist.modules import AnyModule
+from aiassist.registry.store import ModelRegistry
 from aiassist.server import create_app
 from aiassist.settings import Settings
+from aiassist.store.audit import AuditLog
 from aiassist.store.db import make_engine, make_sessionmaker, upgrade
 from aiassist.store.keys import KeyStore
+
+if TYPE_CHECKING:
+    from aiassist.training.daemon import ModelDaemon
 
 #: Maintenance connection to the machine's PostgreSQL (trust auth).
 PG_ADMIN_URL = os.environ.get(
     "AIASSIST_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 )
+
+
+def model_daemon(settings: Settings, module: AnyModule) -> ModelDaemon:
+    """A model daemon for `module` on the database and volume of `settings` (migrated);
+    dispose of `daemon.db` after."""
+    from aiassist.training.daemon import ModelDaemon  # the train extra, for these tests only
+
+    upgrade(settings.resolved_database_url)
+    db = make_engine(settings.resolved_database_url)
+    registry = ModelRegistry(settings.resolved_models_dir)
+    audit = AuditLog(make_sessionmaker(db))
+    return ModelDaemon(settings, registry, db, audit, {module.name: module})
 
 
 def free_port() -> int:

@@ -38,11 +38,8 @@ from aiassist.modules.priority.simulator import (
 from aiassist.registry.runtime import OnnxPredictor, load_checked
 from aiassist.registry.store import ModelRegistry
 from aiassist.settings import Settings
-from aiassist.store.audit import AuditLog
-from aiassist.store.db import make_engine, make_sessionmaker
-from aiassist.training.daemon import ModelDaemon
 
-from .conftest import LiveServer, Tokens, wait_for
+from .conftest import LiveServer, Tokens, model_daemon, wait_for
 
 BASE: dict[str, Any] = module.example | {"age_s": 0}
 
@@ -238,17 +235,13 @@ def test_trained_model_passes_the_serving_checks_and_beats_the_rule(tmp_path: Pa
 
 
 def test_the_daemon_bootstraps_priority_from_its_simulator(settings: Settings) -> None:
-    db = make_engine(settings.resolved_database_url)
-    registry = ModelRegistry(settings.resolved_models_dir)
-    daemon = ModelDaemon(
-        settings, registry, db, AuditLog(make_sessionmaker(db)), {"priority": module}
-    )
+    daemon = model_daemon(settings, module)
     try:
         result = daemon.train("priority", synthetic=True, rows=5000, reason="test")
     finally:
-        db.dispose()
+        daemon.db.dispose()
     assert result.action == "promoted" and result.baseline == "fallback", result.reason
-    assert registry.resolve("priority", "stable") == result.version
+    assert daemon.registry.resolve("priority", "stable") == result.version
 
 
 def test_the_daemon_retrains_priority_from_recorded_outcomes(settings: Settings) -> None:
@@ -259,11 +252,7 @@ def test_the_daemon_retrains_priority_from_recorded_outcomes(settings: Settings)
     settings = settings.model_copy(
         update={"retrain_min_outcomes": 600, "min_train_rows": 100, "model_poll_seconds": 0.1}
     )
-    db = make_engine(settings.resolved_database_url)
-    registry = ModelRegistry(settings.resolved_models_dir)
-    daemon = ModelDaemon(
-        settings, registry, db, AuditLog(make_sessionmaker(db)), {"priority": module}
-    )
+    daemon = model_daemon(settings, module)
     assert daemon.maybe_train("priority").action == "promoted"  # v0001: the simulator
     service = AIAssistService(settings, metrics=Metrics(CollectorRegistry()))
     try:
@@ -284,13 +273,13 @@ def test_the_daemon_retrains_priority_from_recorded_outcomes(settings: Settings)
         result = daemon.maybe_train("priority")
         assert (result.action, result.version, result.baseline) == ("promoted", "v0002", "v0001")
         assert result.candidate_quality > result.baseline_quality  # type: ignore[operator]
-        training = registry.manifest("priority", "v0002").training
+        training = daemon.registry.manifest("priority", "v0002").training
         assert training is not None and training.source == "outcomes"
         wait_for(lambda: service.engine.served_version("priority") == "v0002")
         assert service.decide("priority", run.features[rows[0]]).model_version == "v0002"
     finally:
         service.close()
-        db.dispose()
+        daemon.db.dispose()
 
 
 # --- over HTTP ---------------------------------------------------------------------------

@@ -15,14 +15,11 @@ from aiassist import AIAssistService, UnknownModuleError
 from aiassist.engine import Engine
 from aiassist.metrics import Metrics
 from aiassist.modules.reference import ReferenceFeatures
-from aiassist.registry.store import ModelRegistry
 from aiassist.settings import Settings
-from aiassist.store.audit import AuditLog
-from aiassist.store.db import make_engine, make_sessionmaker, upgrade
+from aiassist.store.db import make_engine, make_sessionmaker
 from aiassist.store.models import DecisionRecord, OutcomeRecord
-from aiassist.training.daemon import ModelDaemon
 
-from .conftest import wait_for
+from .conftest import model_daemon, wait_for
 
 
 class LinearModel:
@@ -173,12 +170,7 @@ def test_local_mode_serves_the_stable_model_on_the_volume(tmp_path: Path, metric
     from aiassist.modules.reference import module as reference
 
     settings = Settings(data_dir=tmp_path, record_flush_seconds=0.05, model_poll_seconds=0.05)
-    upgrade(settings.resolved_database_url)
-    db = make_engine(settings.resolved_database_url)
-    registry = ModelRegistry(settings.resolved_models_dir)
-    daemon = ModelDaemon(
-        settings, registry, db, AuditLog(make_sessionmaker(db)), {"reference": reference}
-    )
+    daemon = model_daemon(settings, reference)
     service = AIAssistService(settings, metrics=metrics)
     try:
         assert service.decide("reference", {"signal": 1.0}).source == "fallback"  # no model yet
@@ -205,11 +197,11 @@ def test_local_mode_serves_the_stable_model_on_the_volume(tmp_path: Path, metric
                         time.sleep(0.02)
             finally:
                 os._exit(code)
-        registry.set_tag("reference", "stable", None, actor="test", reason="unload")
+        daemon.registry.set_tag("reference", "stable", None, actor="test", reason="unload")
         _, status = os.waitpid(pid, 0)
         assert os.waitstatus_to_exitcode(status) == 0
         wait_for(lambda: service.engine.served_version("reference") is None)
         assert service.decide("reference", {"signal": 1.0}).source == "fallback"
     finally:
         service.close()
-        db.dispose()
+        daemon.db.dispose()
