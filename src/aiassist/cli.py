@@ -103,9 +103,15 @@ def up(
     demo: Annotated[
         bool, typer.Option(help="From a checkout: run the example backend, automated.")
     ] = True,
-    backend_port: Annotated[int, typer.Option(help="The example backend's port.")] = 8080,
-    mail_port: Annotated[int, typer.Option(help="The mail sink's SMTP port.")] = 8025,
-    inbound_mail_port: Annotated[int, typer.Option(help="Inbound SMTP for flows.")] = 2525,
+    backend_port: Annotated[
+        int, typer.Option(help="The example backend's port.", envvar="AIASSIST_BACKEND_PORT")
+    ] = 8080,
+    mail_port: Annotated[
+        int, typer.Option(help="The mail sink's SMTP port.", envvar="AIASSIST_MAIL_SINK_PORT")
+    ] = 8025,
+    inbound_mail_port: Annotated[
+        int, typer.Option(help="Inbound SMTP for flows.", envvar="AIASSIST_INBOUND_MAIL_PORT")
+    ] = 2525,
 ) -> None:
     """Start everything on this machine: migrate, make an admin key once, serve.
 

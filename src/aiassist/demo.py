@@ -88,6 +88,7 @@ def start_demo(
     `webhook_secrets_file` the secret of the `support` webhook.
     """
     data = settings.data_dir
+    root = DEMO_APP.resolve().parents[2]  # the checkout: every path below is explicit
     sink = Controller(MailSink(data / "mail", echo), hostname="127.0.0.1", port=ports.mail_sink)
     sink.start()
     demo = Demo(f"http://127.0.0.1:{ports.backend}", controllers=[sink])
@@ -99,9 +100,11 @@ def start_demo(
         "AIASSIST_API_KEY_FILE": str(backend_key_file),
     }
     backend = subprocess.Popen(  # noqa: S603 (our own interpreter, a port number)
-        [sys.executable, "-m", "uvicorn", "examples.backend.app:app", "--host", "127.0.0.1",
+        [sys.executable, "-m", "uvicorn", "examples.backend.app:app", "--app-dir", str(root),
+         "--host", "127.0.0.1",
          "--port", str(ports.backend), "--log-level", "warning"],
         env=env,
+        cwd=root,
         preexec_fn=preexec_fn,
     )  # fmt: skip
     demo.processes.append(backend)
@@ -112,8 +115,10 @@ def start_demo(
         raise
     defaults = {
         "BACKEND_URL": demo.backend_url,
-        "AIASSIST_AGENT_TOOLS": "examples.backend.tools:toolset",
-        "AIASSIST_FLOWS_DIR": str(Path("examples") / "backend" / "flows"),
+        # By file, not by import path: the console script does not have the checkout on
+        # sys.path (`python -m` would, by accident of the current directory).
+        "AIASSIST_AGENT_TOOLS": f"{root / 'examples' / 'backend' / 'tools.py'}:toolset",
+        "AIASSIST_FLOWS_DIR": str(root / "examples" / "backend" / "flows"),
         "AIASSIST_SMTP_LISTEN": f"127.0.0.1:{ports.inbound_mail}",
         "AIASSIST_WEBHOOK_SECRETS_FILE": str(webhook_secrets_file),
     }

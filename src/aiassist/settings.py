@@ -179,7 +179,8 @@ class Settings(BaseSettings):
     )
     agent_tools: str | None = Field(
         None,
-        description="Import path 'package.module:name' of the ToolSet the agent API offers "
+        description="The ToolSet the agent API offers, as 'package.module:name' or "
+        "'path/to/file.py:name' "
         "(a ToolSet, or a function returning one). Unset: no tools.",
     )
     agent_policy: Path | None = Field(

@@ -1,18 +1,23 @@
 """Building the agent runtime a service or the CLI uses, from `Settings`.
 
 Tools come from a `ToolSet` handed to `create_app` or from `AIASSIST_AGENT_TOOLS`
-("package.module:name", a ToolSet or a function returning one); the policy from
-`AIASSIST_AGENT_POLICY`; the language model from `AIASSIST_AGENT_PROVIDER` (see
-`aiassist.agent.providers.provider_from_settings`); the flows a run may play from
+("package.module:name" or "path/to/file.py:name", a ToolSet or a function returning one);
+the policy from `AIASSIST_AGENT_POLICY`; the language model from `AIASSIST_AGENT_PROVIDER`
+(see `aiassist.agent.providers.provider_from_settings`); the flows a run may play from
 `AIASSIST_FLOWS_DIR` (a bad flow file stops the start-up, naming its line).
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib
+import importlib.util
 import os
 import re
+import sys
 from collections.abc import Mapping
+from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
@@ -34,18 +39,46 @@ _SECRET_ENV = re.compile(r"(KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIALS?)$", re
 
 
 def load_object(path: str, *, setting: str) -> Any:
-    """The object at 'package.module:name'; `ValueError` naming the setting otherwise."""
-    module_name, _, attribute = path.partition(":")
+    """The object at 'package.module:name' or '/path/to/file.py:name'; `ValueError` naming
+    the setting otherwise.
+
+    A file path loads that file whatever `sys.path` holds, so a console script started from
+    any directory finds it (an import path needs its package to be importable)."""
+    module_name, _, attribute = path.rpartition(":")
     if not module_name or not attribute:
-        raise ValueError(f"{setting}: expected 'package.module:name', got {path!r}")
+        raise ValueError(
+            f"{setting}: expected 'package.module:name' or 'path/to/file.py:name', got {path!r}"
+        )
     try:
-        module = importlib.import_module(module_name)
+        if module_name.endswith(".py"):
+            module = _load_file(Path(module_name))
+        else:
+            module = importlib.import_module(module_name)
     except ImportError as exc:
         raise ValueError(f"{setting}: cannot import {module_name!r}: {exc}") from None
     try:
         return getattr(module, attribute)
     except AttributeError:
         raise ValueError(f"{setting}: {module_name!r} has no {attribute!r}") from None
+
+
+def _load_file(file: Path) -> ModuleType:
+    """The module in `file`, loaded once per process under a name derived from its path."""
+    file = file.resolve()
+    name = "aiassist_user." + hashlib.sha256(str(file).encode()).hexdigest()[:12] + "_" + file.stem
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, file)
+    if spec is None or spec.loader is None or not file.is_file():
+        raise ImportError(f"no Python file at {file}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[name]
+        raise
+    return module
 
 
 def _tools(settings: Settings) -> ToolSet:
