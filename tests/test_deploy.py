@@ -2,12 +2,16 @@
 really work together: the example backend decides through `aiassist serve`, and keeps
 answering on rule fallbacks once the service is gone.
 
-The compose file is checked with `docker compose config` (or docker-compose 1.29), which
-needs no Docker engine; the processes themselves are proven natively on 127.0.0.1.
+The compose file is checked against the Compose Specification's JSON schema
+(tests/data/compose_spec.json, from the compose-spec project as shipped in the
+docker-compose 1.29.2 wheel, Apache-2.0) with its variables interpolated as compose does,
+and with `docker compose config` (or docker-compose 1.29) too where one is installed: no
+Docker binary is needed. The processes themselves are proven natively on 127.0.0.1.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import secrets
@@ -20,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import jsonschema
 import pytest
 import yaml
 from sqlalchemy import Engine, select
@@ -40,33 +45,81 @@ SERVICES = {
 
 
 # --- the compose file ----------------------------------------------------------------------
-def _compose_command() -> list[str]:
-    """`docker compose` (v2 plugin) if it works, else docker-compose; neither is a failure."""
+SCHEMA = Path(__file__).parent / "data" / "compose_spec.json"
+_VARIABLE = re.compile(r"\$(?:\$|\{(?P<name>\w+)(?P<unset>:?-(?P<default>[^}]*))?\})")
+
+
+def _compose_command() -> list[str] | None:
+    """`docker compose` (v2 plugin) if it works, else docker-compose, else None."""
     docker = shutil.which("docker")
     if docker:
         probe = subprocess.run([docker, "compose", "version"], capture_output=True, check=False)
         if probe.returncode == 0:
             return [docker, "compose"]
     legacy = shutil.which("docker-compose")
-    if legacy:
-        return [legacy]
-    pytest.fail(
-        "neither `docker compose` nor `docker-compose` is installed, so "
-        "deploy/docker-compose.yml cannot be validated (apt-get install docker-compose)"
+    return [legacy] if legacy else None
+
+
+def _interpolate(value: Any, env: dict[str, str]) -> Any:
+    """`${VAR}`, `${VAR:-default}`, `${VAR-default}` and `$$` as compose substitutes them."""
+    if isinstance(value, dict):
+        return {k: _interpolate(v, env) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_interpolate(v, env) for v in value]
+    if not isinstance(value, str):
+        return value
+
+    def substitute(match: re.Match[str]) -> str:
+        if match.group(0) == "$$":
+            return "$"
+        found = env.get(match.group("name"))
+        empty_counts = (match.group("unset") or "").startswith(":")
+        if found is None or (found == "" and empty_counts):
+            return match.group("default") or ""
+        return found
+
+    return _VARIABLE.sub(substitute, value)
+
+
+def _schema_errors(document: Any) -> list[str]:
+    validator = jsonschema.Draft201909Validator(json.loads(SCHEMA.read_text()))
+    return [f"{e.json_path}: {e.message}" for e in validator.iter_errors(document)]
+
+
+def _resolved(env: dict[str, str]) -> dict[str, Any]:
+    """The compose file interpolated with `env`, checked against the specification."""
+    resolved: dict[str, Any] = _interpolate(yaml.safe_load(COMPOSE_FILE.read_text()), env)
+    for service in resolved["services"].values():  # `NAME:` alone passes the caller's value
+        variables = service.get("environment")
+        if isinstance(variables, dict):
+            service["environment"] = {
+                k: env.get(k) if v is None else v
+                for k, v in variables.items()
+                if v is not None or k in env
+            }
+    errors = _schema_errors(resolved)
+    assert not errors, "deploy/docker-compose.yml breaks the Compose Specification:\n" + (
+        "\n".join(errors)
     )
+    return resolved
 
 
 def _config(tmp_path: Path, *args: str, env: dict[str, str] | None = None) -> str:
-    """Run `config` with a clean environment: no AIASSIST_*, POSTGRES_* or COMPOSE_* from
-    the caller, and an empty env file instead of any deploy/.env a developer keeps."""
-    env_file = tmp_path / "empty.env"
-    env_file.write_text("")
+    """`config` (or `config --services`) with a clean environment: no AIASSIST_*, POSTGRES_*
+    or COMPOSE_* from the caller, and an empty env file instead of any deploy/.env a
+    developer keeps. Without a compose binary, the schema check and interpolation above."""
     clean = {
         k: v
         for k, v in os.environ.items()
         if not k.startswith(("AIASSIST_", "POSTGRES_", "COMPOSE_"))
     }
-    cmd = [*_compose_command(), "--env-file", str(env_file), "-f", str(COMPOSE_FILE), "config"]
+    compose = _compose_command()
+    if compose is None:
+        resolved = _resolved(clean | (env or {}))
+        return "\n".join(resolved["services"]) if "--services" in args else yaml.safe_dump(resolved)
+    env_file = tmp_path / "empty.env"
+    env_file.write_text("")
+    cmd = [*compose, "--env-file", str(env_file), "-f", str(COMPOSE_FILE), "config"]
     result = subprocess.run(
         [*cmd, *args],
         cwd=DEPLOY,
@@ -78,6 +131,15 @@ def _config(tmp_path: Path, *args: str, env: dict[str, str] | None = None) -> st
     )
     assert result.returncode == 0, f"{' '.join(cmd)} failed:\n{result.stderr}"
     return result.stdout
+
+
+def test_compose_file_follows_the_compose_specification() -> None:
+    """Always checked, compose binary or not; and the check does refuse a wrong file."""
+    resolved = _resolved({"POSTGRES_PASSWORD": "s3cret"})
+    assert "s3cret" in resolved["services"]["postgres"]["environment"]["POSTGRES_PASSWORD"]
+    broken = yaml.safe_load(COMPOSE_FILE.read_text())
+    broken["services"]["ai-service"]["imgae"] = broken["services"]["ai-service"].pop("image")
+    assert any("imgae" in error for error in _schema_errors(broken))
 
 
 @pytest.fixture(scope="module")
