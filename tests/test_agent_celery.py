@@ -29,12 +29,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from aiassist.agent.automation import load_flows
-from aiassist.agent.executor import (
-    InProcessExecutor,
-    executor_from_settings,
-    submit_orphaned,
-    wait_settled,
-)
+from aiassist.agent.executor import InProcessExecutor, submit_orphaned, wait_settled
 from aiassist.agent.policy import service_identity
 from aiassist.agent.runs import RunInfo, RunStatus
 from aiassist.agent.runtime import Runtime
@@ -44,6 +39,7 @@ from aiassist.integrations.celery_agent import (
     CeleryExecutor,
     make_app,
 )
+from aiassist.server.routers.agent import executor_from_settings
 from aiassist.settings import Settings, SettingsError
 from aiassist.store.db import make_engine, make_sessionmaker
 from aiassist.store.models import AgentRun

@@ -23,14 +23,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 import anyio.to_thread
-import yaml
 from fastapi import APIRouter
 from pydantic import BaseModel, SecretStr
 
@@ -48,6 +46,7 @@ from aiassist.agent.triggers import (
     Webhook,
     webhook_router,
 )
+from aiassist.agent.triggers.secrets import SECRET_ENV_PREFIX, secret_for, webhook_secrets
 from aiassist.agent.waits import resume_due
 from aiassist.settings import Settings
 from aiassist.store.audit import AuditLog
@@ -64,37 +63,8 @@ __all__ = [
 
 log = logging.getLogger("aiassist.automation")
 
-SECRET_ENV_PREFIX = "AIASSIST_WEBHOOK_SECRET_"  # noqa: S105 - a variable's name
-
 #: Hands a stored run to whatever executes it (in-process, or workers); see `Automation`.
 Submit = Callable[[str], Awaitable[Any]]
-
-
-def webhook_secrets(settings: Settings) -> dict[str, SecretStr]:
-    """Webhook secrets by name: the secrets file, then `AIASSIST_WEBHOOK_SECRET_<NAME>`."""
-    secrets: dict[str, SecretStr] = {}
-    if settings.webhook_secrets_file is not None:
-        try:
-            data = yaml.safe_load(settings.webhook_secrets_file.read_text(encoding="utf-8"))
-        except (OSError, yaml.YAMLError) as exc:
-            problem = type(exc).__name__  # the text may quote the file: keep secrets out
-            raise ValueError(f"AIASSIST_WEBHOOK_SECRETS_FILE: cannot read it ({problem})") from None
-        if not isinstance(data, dict) or not all(isinstance(v, str) for v in data.values()):
-            raise ValueError("AIASSIST_WEBHOOK_SECRETS_FILE: expected a mapping of name: secret")
-        secrets.update({str(k): SecretStr(v) for k, v in data.items()})
-    for key, value in os.environ.items():
-        if key.startswith(SECRET_ENV_PREFIX) and value:
-            secrets[_env_name(key.removeprefix(SECRET_ENV_PREFIX))] = SecretStr(value)
-    return secrets
-
-
-def _env_name(name: str) -> str:
-    return name.lower().replace("_", "-")
-
-
-def _secret_for(name: str, secrets: Mapping[str, SecretStr]) -> SecretStr | None:
-    """A webhook's secret: by its name, or by the spelling its variable allows (`a_b` = `a-b`)."""
-    return secrets.get(name) or secrets.get(_env_name(name.upper().replace("-", "_")))
 
 
 @dataclass(frozen=True)
@@ -136,7 +106,7 @@ class AutomationConfig:
                             f"flows {hooks[trigger.webhook].target!r} and {flow.name!r} both "
                             f"use the webhook {trigger.webhook!r}"
                         )
-                    secret = _secret_for(trigger.webhook, secrets or {})
+                    secret = secret_for(trigger.webhook, secrets or {})
                     if secret is None:  # unsigned requests are never accepted: no route
                         variable = SECRET_ENV_PREFIX + trigger.webhook.upper().replace("-", "_")
                         log.warning(

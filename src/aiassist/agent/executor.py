@@ -12,6 +12,9 @@ effect (intents and idempotency keys). So submitting a run twice, or to a worker
 half-way, costs at most a wasted look at the database.
 
 A run waiting for an approval is not driven: once it is decided, submit it again.
+Which executor a service uses (`AIASSIST_AGENT_EXECUTOR`) is chosen where the service is
+put together (`aiassist.server.routers.agent.executor_from_settings`): the agent core does
+not import the Celery integration, which imports it.
 """
 
 from __future__ import annotations
@@ -19,21 +22,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 import anyio.to_thread
 
 from aiassist.agent.runs import RunInfo, RunStatus
 from aiassist.agent.runtime import Runtime
-from aiassist.settings import Settings, SettingsError
-
-if TYPE_CHECKING:
-    from celery import Celery
 
 __all__ = [
     "Executor",
     "InProcessExecutor",
-    "executor_from_settings",
     "submit_orphaned",
     "wait_settled",
 ]
@@ -109,23 +107,3 @@ async def submit_orphaned(runtime: Runtime, executor: Executor) -> list[str]:
     for run_id in orphans:
         await executor.submit(run_id)
     return orphans
-
-
-def executor_from_settings(settings: Settings, runtime: Runtime) -> Executor:
-    """`AIASSIST_AGENT_EXECUTOR`: `inprocess` drives with `runtime`; `celery` sends runs to
-    the workers of `AIASSIST_CELERY_BROKER_URL` (which build their own runtime)."""
-    if settings.agent_executor == "inprocess":
-        return InProcessExecutor(runtime)
-    if not settings.celery_broker_url:
-        raise SettingsError(
-            "AIASSIST_AGENT_EXECUTOR=celery needs AIASSIST_CELERY_BROKER_URL "
-            "(e.g. amqp://guest:guest@127.0.0.1:5672//)"
-        )
-    try:
-        from aiassist.integrations.celery_agent import CeleryExecutor, make_app
-    except ImportError as exc:
-        raise SettingsError(
-            f"AIASSIST_AGENT_EXECUTOR=celery needs the celery extra: {exc}"
-        ) from None
-    app: Celery = make_app(settings)
-    return CeleryExecutor(app)

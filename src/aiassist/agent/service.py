@@ -112,7 +112,7 @@ def secret_values(settings: Settings) -> list[str]:
     if settings.api_key is not None:
         values.append(settings.api_key.get_secret_value())
     if settings.webhook_secrets_file is not None:  # the flows' webhook secrets
-        from aiassist.agent.automation import webhook_secrets
+        from aiassist.agent.triggers.secrets import webhook_secrets
 
         values += [s.get_secret_value() for s in webhook_secrets(settings).values()]
     return values

@@ -36,16 +36,25 @@ import heapq
 import itertools
 import math
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Generic, TypeVar
+from typing import Generic, Protocol, TypeVar
 
-if TYPE_CHECKING:
-    from aiassist.modules.priority import PriorityDecision
-
-__all__ = ["TaskQueue"]
+__all__ = ["Placement", "TaskQueue"]
 
 T = TypeVar("T")
 
 _OVERDUE_EVERY = 4  # see "Starvation" above
+
+
+class Placement(Protocol):
+    """Where a decision puts a task (a `PriorityDecision` is one): the queue reads no more,
+    so it does not import the module that decides."""
+
+    @property
+    def boost_s(self) -> float: ...
+    @property
+    def latest_start_s(self) -> float | None: ...
+    @property
+    def weight_boost_s(self) -> float: ...
 
 
 class _Entry(Generic[T]):
@@ -125,7 +134,7 @@ class TaskQueue(Generic[T]):
         self._len += 1
 
     def push_decision(
-        self, item: T, enqueued_at: float, decision: PriorityDecision, deadline_in_s: float | None
+        self, item: T, enqueued_at: float, decision: Placement, deadline_in_s: float | None
     ) -> None:
         """Queue `item` as the `priority` module decided, for a task whose deadline is
         `deadline_in_s` after `enqueued_at` (the features' own)."""

@@ -21,12 +21,7 @@ from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, ConfigDict, Field
 
 from aiassist.agent.approvals import ApprovalConflict
-from aiassist.agent.executor import (
-    Executor,
-    executor_from_settings,
-    submit_orphaned,
-    wait_settled,
-)
+from aiassist.agent.executor import Executor, InProcessExecutor, submit_orphaned, wait_settled
 from aiassist.agent.flows import Flow
 from aiassist.agent.runs import ApprovalInfo, RunInfo, RunNotFound
 from aiassist.agent.runtime import NoProvider, Runtime
@@ -34,10 +29,11 @@ from aiassist.agent.service import build_runtime
 from aiassist.agent.tools import ToolSet
 from aiassist.server.auth import require
 from aiassist.server.routers.decisions import AUTH_RESPONSES
+from aiassist.settings import Settings, SettingsError
 from aiassist.store.db import make_sessionmaker
 from aiassist.store.keys import Principal
 
-__all__ = ["agent_router"]
+__all__ = ["agent_router", "executor_from_settings"]
 
 log = logging.getLogger("aiassist.agent")
 
@@ -280,3 +276,23 @@ def agent_router(
         return Decided(approval=approval, run=run)
 
     return router
+
+
+def executor_from_settings(settings: Settings, runtime: Runtime) -> Executor:
+    """`AIASSIST_AGENT_EXECUTOR`: `inprocess` drives with `runtime`; `celery` sends runs to
+    the workers of `AIASSIST_CELERY_BROKER_URL` (which build their own runtime)."""
+    if settings.agent_executor == "inprocess":
+        return InProcessExecutor(runtime)
+    if not settings.celery_broker_url:
+        raise SettingsError(
+            "AIASSIST_AGENT_EXECUTOR=celery needs AIASSIST_CELERY_BROKER_URL "
+            "(e.g. amqp://guest:guest@127.0.0.1:5672//)"
+        )
+    try:
+        from aiassist.integrations.celery_agent import CeleryExecutor, make_app
+    except ImportError as exc:
+        raise SettingsError(
+            f"AIASSIST_AGENT_EXECUTOR=celery needs the celery extra: {exc}"
+        ) from None
+    app = make_app(settings)
+    return CeleryExecutor(app)
