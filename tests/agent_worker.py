@@ -2,7 +2,9 @@
 
 `crash`: starts a lead run whose tool kills the process after the downstream call (exit 17),
 printing the run id first. `ping KEY`: a run that pings a rate-limited partner three times
-and prints how many calls went through.
+and prints how many calls went through. `hang LEASE`: starts a run whose model turn never
+ends, with a lease of LEASE seconds the process renews while it lives, printing the run id
+once the turn is in flight (the test then kills the process).
 """
 
 from __future__ import annotations
@@ -10,8 +12,11 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+from collections.abc import Sequence
+from typing import Any
 
 from aiassist.agent.policy import service_identity
+from aiassist.agent.providers.base import Message, ModelTurn
 from aiassist.agent.ratelimit import rate_limiter
 from aiassist.agent.runtime import Runtime
 from aiassist.store.db import make_engine, make_sessionmaker
@@ -35,6 +40,29 @@ async def main(mode: str, db_url: str, backend: str, *rest: str) -> None:
         print(run_id, flush=True)
         await rt.drive(run_id)
         raise SystemExit("the tool should have ended the process")
+    if mode == "hang":
+        run_id = ""
+
+        class Hanging:
+            name, input_price_per_mtok, output_price_per_mtok = "held", 0.0, 0.0
+
+            async def complete(
+                self, messages: Sequence[Message], tools: Sequence[dict[str, Any]]
+            ) -> ModelTurn:
+                print(run_id, flush=True)
+                await asyncio.Event().wait()  # never set: the turn outlives any lease
+                raise AssertionError("unreachable")
+
+        lease = float(rest[0])
+        rt = Runtime(
+            sessions,
+            crm_tools(backend),
+            lease_seconds=lease,
+            tool_timeout=lease / 2,
+            providers={"held": lambda options: Hanging()},
+        )
+        run_id = await rt.create("think forever", principal=principal, tools=[], provider="held")
+        await rt.drive(run_id)
     if mode == "ping":
         rt = Runtime(
             sessions,

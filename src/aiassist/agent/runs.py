@@ -46,6 +46,7 @@ __all__ = [
     "CallInfo",
     "CallStatus",
     "FlowStats",
+    "LeaseLost",
     "RunInfo",
     "RunNotFound",
     "RunStatus",
@@ -55,6 +56,34 @@ __all__ = [
 
 T = TypeVar("T")
 _RETRIES = 30
+
+
+class LeaseLost(RuntimeError):
+    """Another worker drives this run now: this one must stop and write nothing more of it."""
+
+    def __init__(self, run_id: str, why: str) -> None:
+        super().__init__(f"agent run {run_id}: {why}; this worker stops driving it")
+        self.run_id = run_id
+
+
+def _is_seq_clash(exc: IntegrityError) -> bool:
+    """Whether `exc` is a second writer's message at a `(run_id, seq)` already taken.
+
+    That is not contention on the audit chain, which a retry resolves: it means another
+    worker holds the run, so retrying would only write the same clash again.
+    """
+    said = str(exc.orig)
+    return "agent_messages" in said and "seq" in said
+
+
+def _run_of(exc: IntegrityError) -> str:
+    """The run a refused message insert was for, as far as its parameters say."""
+    params = exc.params
+    rows = params if isinstance(params, list | tuple) else [params]
+    for row in rows:
+        if isinstance(row, dict) and isinstance(row.get("run_id"), str):
+            return str(row["run_id"])
+    return "?"
 
 
 class RunStatus(StrEnum):
@@ -373,8 +402,12 @@ class RunStore:
                         result = work(unit)
                         new_head = unit._flush(head)
             except (IntegrityError, OperationalError) as exc:
-                if isinstance(exc, IntegrityError):  # most likely a fork refused: read the head
-                    chain_heads.contended(self.engine)
+                if isinstance(exc, IntegrityError):
+                    if _is_seq_clash(exc):
+                        raise LeaseLost(
+                            _run_of(exc), "another worker wrote its next message"
+                        ) from exc
+                    chain_heads.contended(self.engine)  # most likely a fork refused: read the head
                 if attempt == _RETRIES - 1:
                     raise
                 time.sleep(random.uniform(0, 0.005 * (attempt + 1)))
@@ -407,6 +440,10 @@ class RunStore:
             except (IntegrityError, OperationalError) as exc:
                 pending.committed = False
                 if isinstance(exc, IntegrityError):
+                    if _is_seq_clash(exc):
+                        raise LeaseLost(
+                            _run_of(exc), "another worker wrote its next message"
+                        ) from exc
                     chain_heads.contended(self.engine)
                 self.unit(
                     pending.work, actor=pending.actor, durable=pending.durable, writes_only=True
@@ -552,6 +589,18 @@ class RunStore:
                     ),
                 )
                 .values(lease_owner=owner, lease_until=now + timedelta(seconds=seconds))
+            )
+            session.commit()
+            return bool(result.rowcount)  # type: ignore[attr-defined]
+
+    def renew(self, run_id: str, owner: str, seconds: float) -> bool:
+        """Extend `owner`'s lease on `run_id`; False if another worker holds it now."""
+        now = utcnow()
+        with self.sessions() as session:
+            result = session.execute(
+                update(AgentRun)
+                .where(AgentRun.id == run_id, AgentRun.lease_owner == owner)
+                .values(lease_until=now + timedelta(seconds=seconds))
             )
             session.commit()
             return bool(result.rowcount)  # type: ignore[attr-defined]

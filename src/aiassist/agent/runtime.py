@@ -23,6 +23,7 @@ call's intent or result, an approval request, the run's end): one commit a step,
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import logging
@@ -31,7 +32,7 @@ import socket
 import time
 import uuid
 import weakref
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -59,6 +60,7 @@ from aiassist.agent.redaction import Redactor
 from aiassist.agent.runs import (
     ApprovalInfo,
     CallStatus,
+    LeaseLost,
     RunInfo,
     RunState,
     RunStatus,
@@ -130,7 +132,6 @@ _SETTLE_CALL = (
     )
 )
 _MAX_TASK_CHARS = 20_000
-_MODEL_RETRIES = 3
 
 
 class NoProvider(LookupError):
@@ -447,11 +448,37 @@ class Runtime:
                     finally:  # what the run wrote without waiting is in before it is let go
                         with anyio.CancelScope(shield=True):
                             await self._write(self.store.confirm)
+                except LeaseLost as lost:  # another worker drives it: nothing more from here
+                    log.warning("%s", lost)
                 except BaseException:  # shut down or crashed: another process may go on now
                     with anyio.CancelScope(shield=True):
                         await self._release(run_id)
                     raise
         return await self.info(run_id)
+
+    async def _leased(self, run_id: str, awaited: Awaitable[T]) -> T:
+        """Await `awaited` (a model turn, a tool call) while renewing the run's lease every
+        quarter lease, so a long turn is not taken over; if a renewal finds another worker
+        holds the run, `LeaseLost` is raised when it ends and its result is not written."""
+        lost = asyncio.Event()
+
+        async def renew() -> None:
+            while True:
+                await anyio.sleep(self.lease_seconds / 4)
+                if not await self._db(self.store.renew, run_id, self.owner, self.lease_seconds):
+                    lost.set()
+                    return
+
+        renewing = asyncio.create_task(renew())
+        try:
+            result = await awaited
+        finally:
+            renewing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await renewing
+        if lost.is_set():
+            raise LeaseLost(run_id, "its lease was lost during a model turn or tool call")
+        return result
 
     async def _release(self, run_id: str) -> None:
         try:
@@ -605,19 +632,16 @@ class Runtime:
         if state.specs is None:
             state.specs = [t.spec() for t in self.tools if t.name in allowed]
         specs = state.specs
-        for attempt in range(_MODEL_RETRIES):
-            try:
-                turn = await provider.complete(self._prompt(state), specs)
-                break
-            except Exception as exc:  # a provider's own bug counts as a retryable failure
-                retryable = exc.retryable if isinstance(exc, ProviderError) else True
-                if not retryable or attempt == _MODEL_RETRIES - 1:
-                    reason = str(exc) if isinstance(exc, ProviderError) else repr(exc)
-                    await self._finish(
-                        state, RunStatus.FAILED, error=f"model: {self.redact.text(reason)}"
-                    )
-                    return None
-                await anyio.sleep(0.5 * 2**attempt)
+        # One retry layer: the provider's own (the vendor SDKs' `max_retries`, with their
+        # backoff and Retry-After); a failure that reaches here has used its retries.
+        try:
+            turn = await self._leased(state.run.id, provider.complete(self._prompt(state), specs))
+        except LeaseLost:
+            raise
+        except Exception as exc:
+            reason = str(exc) if isinstance(exc, ProviderError) else repr(exc)
+            await self._finish(state, RunStatus.FAILED, error=f"model: {self.redact.text(reason)}")
+            return None
         step = state.run.steps + 1
         calls = _unique_ids(turn.tool_calls, step, set(state.calls) | state.answered)
         turn = dataclasses.replace(turn, tool_calls=calls)
@@ -828,7 +852,7 @@ class Runtime:
                 raw: Any = {"dry_run": True, "tool": tool.name, "arguments": arguments}
             else:
                 with anyio.fail_after(self.tool_timeout):
-                    raw = await tool.call(arguments, context)
+                    raw = await self._leased(state.run.id, tool.call(arguments, context))
             result = _jsonable(raw)
             if dry_run and verdict.action is Action.APPROVE:  # what a real run would wait for
                 result = {"result": result} if not isinstance(result, dict) else result
