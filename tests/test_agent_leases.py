@@ -6,13 +6,12 @@ from __future__ import annotations
 import asyncio
 import signal
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import anyio
-import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -49,13 +48,6 @@ class HeldModel:
         self.entered.set()
         await self.answer.wait()
         return ModelTurn(text="thought it through")
-
-
-@pytest.fixture
-def sessions(db_url: str) -> Iterator[sessionmaker[Session]]:
-    engine = make_engine(db_url)
-    yield make_sessionmaker(engine)
-    engine.dispose()
 
 
 def worker(sessions: sessionmaker[Session], model: Any) -> Runtime:

@@ -41,13 +41,6 @@ def backend() -> Iterator[str]:
         yield url
 
 
-@pytest.fixture
-def sessions(db_url: str) -> Iterator[sessionmaker[Session]]:
-    engine = make_engine(db_url)
-    yield make_sessionmaker(engine)
-    engine.dispose()
-
-
 def runtime(sessions: sessionmaker[Session], backend: str, **kwargs: Any) -> Runtime:
     return Runtime(sessions, crm_tools(backend), **kwargs)
 

@@ -4,7 +4,6 @@ two starts race), writes simulated and approvals not requested in a dry run, the
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +21,6 @@ from aiassist.agent.service import secret_values
 from aiassist.agent.tools import ToolSet, tool
 from aiassist.server import create_app
 from aiassist.settings import Settings
-from aiassist.store.db import make_engine, make_sessionmaker
 from aiassist.store.keys import KeyStore
 from aiassist.store.models import AgentApproval, AgentRun
 
@@ -75,13 +73,6 @@ steps:
     args: {customer_id: "{{ steps.who.id }}"}
 """
 )
-
-
-@pytest.fixture
-def sessions(db_url: str) -> Iterator[sessionmaker[Session]]:
-    engine = make_engine(db_url)
-    yield make_sessionmaker(engine)
-    engine.dispose()
 
 
 def runtime(sessions: sessionmaker[Session], backend: Backend) -> Runtime:

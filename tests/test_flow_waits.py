@@ -8,7 +8,6 @@ import asyncio
 import re
 import secrets
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -97,13 +96,6 @@ class Backend:
 
     def count(self, name: str) -> int:
         return sum(1 for done, _ in self.done if done == name)
-
-
-@pytest.fixture
-def sessions(db_url: str) -> Iterator[sessionmaker[Session]]:
-    engine = make_engine(db_url)
-    yield make_sessionmaker(engine)
-    engine.dispose()
 
 
 def runtime(sessions: sessionmaker[Session], backend: Backend, clock: Clock) -> Runtime:
