@@ -66,24 +66,26 @@ class LeaseLost(RuntimeError):
         self.run_id = run_id
 
 
-def _is_seq_clash(exc: IntegrityError) -> bool:
-    """Whether `exc` is a second writer's message at a `(run_id, seq)` already taken.
+def _raise_if_seq_clash(exc: IntegrityError) -> None:
+    """`LeaseLost` if `exc` is a second writer's message at a `(run_id, seq)` already taken.
 
     That is not contention on the audit chain, which a retry resolves: it means another
     worker holds the run, so retrying would only write the same clash again.
     """
     said = str(exc.orig)
-    return "agent_messages" in said and "seq" in said
-
-
-def _run_of(exc: IntegrityError) -> str:
-    """The run a refused message insert was for, as far as its parameters say."""
+    if "agent_messages" not in said or "seq" not in said:
+        return
     params = exc.params
     rows = params if isinstance(params, list | tuple) else [params]
-    for row in rows:
-        if isinstance(row, dict) and isinstance(row.get("run_id"), str):
-            return str(row["run_id"])
-    return "?"
+    run_id = next(
+        (
+            str(r["run_id"])
+            for r in rows
+            if isinstance(r, dict) and isinstance(r.get("run_id"), str)
+        ),
+        "?",
+    )
+    raise LeaseLost(run_id, "another worker wrote its next message") from exc
 
 
 class RunStatus(StrEnum):
@@ -403,10 +405,7 @@ class RunStore:
                         new_head = unit._flush(head)
             except (IntegrityError, OperationalError) as exc:
                 if isinstance(exc, IntegrityError):
-                    if _is_seq_clash(exc):
-                        raise LeaseLost(
-                            _run_of(exc), "another worker wrote its next message"
-                        ) from exc
+                    _raise_if_seq_clash(exc)
                     chain_heads.contended(self.engine)  # most likely a fork refused: read the head
                 if attempt == _RETRIES - 1:
                     raise
@@ -440,10 +439,7 @@ class RunStore:
             except (IntegrityError, OperationalError) as exc:
                 pending.committed = False
                 if isinstance(exc, IntegrityError):
-                    if _is_seq_clash(exc):
-                        raise LeaseLost(
-                            _run_of(exc), "another worker wrote its next message"
-                        ) from exc
+                    _raise_if_seq_clash(exc)
                     chain_heads.contended(self.engine)
                 self.unit(
                     pending.work, actor=pending.actor, durable=pending.durable, writes_only=True

@@ -460,23 +460,22 @@ class Runtime:
         """Await `awaited` (a model turn, a tool call) while renewing the run's lease every
         quarter lease, so a long turn is not taken over; if a renewal finds another worker
         holds the run, `LeaseLost` is raised when it ends and its result is not written."""
-        lost = asyncio.Event()
 
-        async def renew() -> None:
+        async def renew() -> None:  # returns only when a renewal finds the lease gone
             while True:
                 await anyio.sleep(self.lease_seconds / 4)
                 if not await self._db(self.store.renew, run_id, self.owner, self.lease_seconds):
-                    lost.set()
                     return
 
         renewing = asyncio.create_task(renew())
         try:
             result = await awaited
         finally:
+            lost = renewing.done() and not renewing.cancelled() and renewing.exception() is None
             renewing.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await renewing
-        if lost.is_set():
+        if lost:
             raise LeaseLost(run_id, "its lease was lost during a model turn or tool call")
         return result
 

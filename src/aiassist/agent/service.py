@@ -68,8 +68,8 @@ def _load_file(file: Path) -> ModuleType:
     name = "aiassist_user." + hashlib.sha256(str(file).encode()).hexdigest()[:12] + "_" + file.stem
     if name in sys.modules:
         return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, file)
-    if spec is None or spec.loader is None or not file.is_file():
+    spec = importlib.util.spec_from_file_location(name, file) if file.is_file() else None
+    if spec is None or spec.loader is None:
         raise ImportError(f"no Python file at {file}")
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
