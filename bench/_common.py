@@ -152,7 +152,7 @@ def _process_cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _machine_cpu_s() -> tuple[float, float]:
+def machine_cpu_s() -> tuple[float, float]:
     """(busy, stolen by the hypervisor) CPU seconds of all cores since boot."""
     user, nice, system, _, _, irq, softirq, steal = map(
         int, Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]
@@ -173,12 +173,12 @@ class CpuWindow:
         return _process_cpu_s(self.server_pid) if self.server_pid else 0.0
 
     def __enter__(self) -> CpuWindow:
-        self._start = (time.perf_counter(), time.process_time(), self._server_s(), _machine_cpu_s())
+        self._start = (time.perf_counter(), time.process_time(), self._server_s(), machine_cpu_s())
         return self
 
     def __exit__(self, *exc: object) -> None:
         wall0, own0, server0, (busy0, steal0) = self._start
-        busy, steal = _machine_cpu_s()
+        busy, steal = machine_cpu_s()
         self.wall = time.perf_counter() - wall0
         self.own = time.process_time() - own0
         self.server = self._server_s() - server0

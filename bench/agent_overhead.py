@@ -14,10 +14,9 @@ record before the call, the result after it). `per_model_turn` is what is left o
 (prompt, tool specs, usage), the model's own time taken out; `per_step` is both, the whole
 cost of a model turn with one call. `db_wait` is the part of `per_call` spent waiting for
 the database: inside the driver's COMMIT (SQLite) or, on PostgreSQL, for the server's
-answer to each transaction (`aiassist.store.script.Sent.wait`): the whole round trip of a
-write's intent, during which the server runs its statements and flushes its log; of a
-result sent without waiting, what is left of it when the next transaction takes its
-answer. `own` is what is left of each call without it.
+answers to each transaction's batch of statements (the end of psycopg's pipeline) and to
+its COMMIT, during which the server runs the statements and flushes its log. `own` is what
+is left of each call without it.
 
 The rows `noop_read`/`noop_write` run the runtime as the service does
 (`Runtime(db_in_thread=None)`: on SQLite all database work on the event loop; on PostgreSQL
@@ -43,6 +42,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import psycopg
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 
@@ -52,7 +52,6 @@ from aiassist.agent.policy import service_identity
 from aiassist.agent.providers.base import Message, ModelTurn
 from aiassist.agent.providers.test import TestModel, call
 from aiassist.agent.runtime import Runtime
-from aiassist.store import script
 from aiassist.store.audit import AuditLog
 from aiassist.store.db import checkpoint, make_engine, make_sessionmaker, upgrade
 from aiassist.store.keys import Principal
@@ -117,16 +116,23 @@ class TimedRuntime(Runtime):
         self.per_call, self.per_turn, self.per_step = [], [], []
         self.cpu_call, self.cpu_turn, self.wait_call = [], [], []
 
-    async def _resolve(self, *args: Any, **kwargs: Any) -> bool:
-        _tool_ns.clear()
-        _wait_ns.clear()
-        started, cpu = time.perf_counter_ns(), time.process_time_ns()
-        done = await super()._resolve(*args, **kwargs)
-        self.per_call.append(time.perf_counter_ns() - started - sum(_tool_ns))
-        self.per_step.append(self.per_call[-1] + self.per_turn[-1])
-        self.cpu_call.append(time.process_time_ns() - cpu)
-        self.wait_call.append(sum(_wait_ns))
-        return done
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.reset()
+        resolve = self.calls.resolve
+
+        async def timed(*args: Any, **kwargs: Any) -> bool:  # one call, from request to result
+            _tool_ns.clear()
+            _wait_ns.clear()
+            started, cpu = time.perf_counter_ns(), time.process_time_ns()
+            done = await resolve(*args, **kwargs)
+            self.per_call.append(time.perf_counter_ns() - started - sum(_tool_ns))
+            self.per_step.append(self.per_call[-1] + self.per_turn[-1])
+            self.cpu_call.append(time.process_time_ns() - cpu)
+            self.wait_call.append(sum(_wait_ns))
+            return done
+
+        self.calls.resolve = timed  # type: ignore[method-assign]
 
     async def _model_turn(self, state: Any, provider: Any, allowed: Any) -> ModelTurn | None:
         started, cpu = time.perf_counter_ns(), time.process_time_ns()
@@ -324,8 +330,7 @@ def main() -> None:
     parser.add_argument("--calls", type=int, help="measured tool calls per kind and database")
     args = parse_args(parser, "agent_overhead", {"calls": 1000}, {"calls": 40})
     started = datetime.now(UTC)
-    # what each transaction sent as one script (PostgreSQL) waits for the server's answer
-    timed_as_wait(script.Sent, "wait")
+    timed_as_wait(psycopg.Pipeline, "__exit__")  # a transaction's batch, answered
     machine = machine_info(["sqlalchemy", "psycopg", "anyio", "pydantic"])
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:

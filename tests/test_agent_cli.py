@@ -78,7 +78,7 @@ def test_run_approve_reject_show_and_verify(env: Path) -> None:
         assert again.exit_code == 1 and "already" in again.output
 
     verified = runner.invoke(app, ["audit", "verify"])
-    assert verified.exit_code == 0 and "chain intact" in verified.stdout
+    assert verified.exit_code == 0 and "all intact" in verified.stdout
     engine = make_engine(f"sqlite:///{env / 'aiassist.db'}")
     with make_sessionmaker(engine)() as session:  # someone covers their tracks
         victim = session.scalars(

@@ -122,34 +122,64 @@ def test_the_readme_email_becomes_a_lead(make_run: Running) -> None:
     assert any("To: zhangsan@example.com" in mail.read_text() for mail in sent)
 
 
-def test_the_refund_waits_for_its_approval(make_run: Running) -> None:
-    customer = httpx.post(
-        f"{make_run.backend}/customers", json={"name": "Li Si", "email": "lisi@example.com"}
-    ).json()
+def start_refund(make_run: Running, name: str, email: str) -> tuple[dict[str, str], str]:
+    """An order of a new customer, and the refund flow started for it: (run, approval id)."""
+    customer = httpx.post(f"{make_run.backend}/customers", json={"name": name, "email": email})
     order = httpx.post(
-        f"{make_run.backend}/orders", json={"customer_id": str(customer["id"]), "amount": 120}
+        f"{make_run.backend}/orders",
+        json={"customer_id": str(customer.json()["id"]), "amount": 120},
     ).json()
     run = httpx.post(
         f"{make_run.url}/v1/flows/refund/runs",
         headers=make_run.headers,
         json={"input": {"order_id": order["id"], "amount": 20, "reason": "damaged",
-                        "email": "lisi@example.com"}},
+                        "email": email}},
     ).json()  # fmt: skip
     assert run["status"] == "waiting_approval", run
     [approval] = run["pending_approvals"]
-    assert httpx.get(f"{make_run.backend}/orders/{order['id']}").json()["status"] != "refunded"
+    assert order_status(make_run, order["id"]) != "refunded"
+    return {"run": run["id"], "order": order["id"]}, approval
+
+
+def order_status(make_run: Running, order_id: str) -> str:
+    return str(httpx.get(f"{make_run.backend}/orders/{order_id}").json()["status"])
+
+
+def paid(make_run: Running, refund: dict[str, str]) -> None:
+    wait_for(
+        lambda: order_status(make_run, refund["order"]) == "refunded",
+        30,
+        "the approved refund to be paid",
+    )
+    run = f"{make_run.url}/v1/agent/runs/{refund['run']}"
+    status = lambda: httpx.get(run, headers=make_run.headers).json()["status"]  # noqa: E731
+    wait_for(lambda: status() == "succeeded", 30, "the refund run to succeed")
+
+
+def test_the_refund_waits_for_its_approval(make_run: Running) -> None:
+    refund, approval = start_refund(make_run, "Li Si", "lisi@example.com")
     decided = httpx.post(
         f"{make_run.url}/v1/approvals/{approval}",
         headers=make_run.headers,
         json={"decision": "approve", "wait_seconds": 10},
     )
     assert decided.status_code == 200, decided.text
-    wait_for(
-        lambda: (
-            httpx.get(f"{make_run.backend}/orders/{order['id']}").json()["status"] == "refunded"
-        ),
-        30,
-        "the approved refund to be paid",
+    paid(make_run, refund)
+
+
+def test_the_refund_is_approved_from_a_shell_beside_it(make_run: Running) -> None:
+    """`.venv/bin/aiassist agent approve <id>` in the checkout, with nothing set: the CLI
+    records the decision and the service, which has the flow, pays the refund."""
+    refund, approval = start_refund(make_run, "Wang Wu", "wangwu@example.com")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AIASSIST_")}
+    decided = subprocess.run(
+        [".venv/bin/aiassist", "agent", "approve", approval],
+        cwd=make_run.checkout,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
-    done = httpx.get(f"{make_run.url}/v1/agent/runs/{run['id']}", headers=make_run.headers)
-    assert done.json()["status"] == "succeeded", done.text
+    assert decided.returncode == 0, decided.stdout + decided.stderr
+    assert "the run goes on in the service" in decided.stderr
+    paid(make_run, refund)

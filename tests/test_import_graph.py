@@ -99,16 +99,9 @@ def test_the_finder_reports_a_cycle() -> None:
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
 
 
-#: Cycles still to cut, each named so that none is added unseen and a cut one is struck
-#: off: the flow `wait` step calls back into the runtime that called it (issue 14).
-KNOWN_CYCLES = [["aiassist.agent.runtime", "aiassist.agent.waits"]]
-
-
 def test_no_import_cycles() -> None:
     found = cycles(import_graph())
-    new = [c for c in found if c not in KNOWN_CYCLES]
-    assert not new, "import cycles:\n" + "\n".join(" <-> ".join(c) for c in new)
-    assert found == KNOWN_CYCLES, "a known cycle is gone: strike it off KNOWN_CYCLES"
+    assert not found, "import cycles:\n" + "\n".join(" <-> ".join(c) for c in found)
 
 
 @pytest.mark.parametrize(

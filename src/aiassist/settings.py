@@ -85,6 +85,13 @@ class Settings(BaseSettings):
         description="How long a replica trusts a cached API key before re-reading it; "
         "bounds how late a revocation made elsewhere takes effect.",
     )
+    audit_anchor_seconds: float = Field(
+        60.0,
+        gt=0,
+        le=86400,
+        description="How often the service records the head of every audit chain that grew "
+        "(an anchor), so a run whose events were deleted whole is detected by `audit verify`.",
+    )
     record_decisions: bool = Field(
         True, description="Store every decision so outcomes can be joined to it for training."
     )
@@ -215,6 +222,14 @@ class Settings(BaseSettings):
         description="How long a process holds a run it drives before it must renew; a run "
         "whose process died is taken over after this. Must exceed "
         "agent_tool_timeout_seconds. Unset: 300, or twice the tool timeout if longer.",
+    )
+    agent_recover_seconds: float = Field(
+        5.0,
+        gt=0,
+        le=3600,
+        description="How often the service looks for running agent runs nobody drives (their "
+        "process died, or a decision was recorded where the run cannot go on, as from the "
+        "CLI) and drives them on; a run must have been idle that long.",
     )
     agent_executor: Literal["inprocess", "celery"] = Field(
         "inprocess",

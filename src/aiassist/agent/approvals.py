@@ -16,32 +16,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import update
-
 from aiassist.agent.policy import Action, Policy
 from aiassist.agent.redaction import Redactor
-from aiassist.agent.runs import (
-    ApprovalInfo,
-    CallStatus,
-    RunNotFound,
-    RunStatus,
-    RunStore,
-    Unit,
-    idempotency_key,
-)
+from aiassist.agent.runs import ApprovalConflict, ApprovalInfo, RunStore
 from aiassist.agent.tools import ToolError, ToolSet
+from aiassist.store.audit import Event
 from aiassist.store.keys import Principal
-from aiassist.store.models import AgentApproval, AgentRun, AgentToolCall, utcnow
+from aiassist.store.models import AgentApproval, AgentRun, AgentToolCall
 
 __all__ = ["ApprovalConflict", "decide_approval"]
-
-
-class ApprovalConflict(Exception):
-    """The approval cannot be decided as asked (already decided, edit denied, bad edit)."""
-
-    def __init__(self, message: str, *, status_code: int = 409) -> None:
-        super().__init__(message)
-        self.status_code = status_code
 
 
 def decide_approval(
@@ -58,72 +41,33 @@ def decide_approval(
 ) -> ApprovalInfo:
     """Record a decision; `RunNotFound` for an unknown id, `ApprovalConflict` otherwise."""
 
-    def work(unit: Unit) -> ApprovalInfo:
-        session = unit.session
-        now = utcnow()
-        moved = session.execute(
-            update(AgentApproval)
-            .where(AgentApproval.id == approval_id, AgentApproval.status == "pending")
-            .values(
-                status="approved" if approve else "rejected",
-                decided_by=by.key_id,
-                decided_at=now,
-                message=message,
-            )
-        )
-        approval = session.get(AgentApproval, approval_id)
-        if approval is None:
-            raise RunNotFound(f"no approval {approval_id!r}")
-        if not moved.rowcount:  # type: ignore[attr-defined]
-            raise ApprovalConflict(f"approval {approval_id} is already {approval.status}")
-        run = session.get(AgentRun, approval.run_id)
-        call = session.get(AgentToolCall, approval_id)
-        assert run is not None and call is not None
-        subject = f"{run.id}/{call.call_id}"
-        if approve:
-            final = approval.arguments
-            if arguments is not None:
-                final = _recheck(run, approval.tool, arguments, tools, policy)
-                approval.edited_arguments = final
-                call.arguments = final
-                call.idempotency_key = idempotency_key(run.id, call.step, call.tool, final)
-            call.status = CallStatus.APPROVED
-            unit.audit(
-                "agent.approval.approved",
-                subject,
-                {
-                    "approval": approval_id,
-                    "by": by.key_id,
-                    "tool": approval.tool,
-                    "arguments": redact(final),
-                    "edited": arguments is not None,
-                },
-            )
-        else:
-            call.status = CallStatus.REJECTED
-            call.result = {
-                "error": "rejected by the approver",
-                "message": redact.text(message or ""),
-                "retryable": False,
-            }
-            call.finished_at = now
-            unit.audit(
-                "agent.approval.rejected",
-                subject,
-                {
-                    "approval": approval_id,
-                    "by": by.key_id,
-                    "tool": approval.tool,
-                    "message": redact.text(message or ""),
-                },
-            )
-        if run.status == RunStatus.WAITING_APPROVAL:
-            run.status = RunStatus.RUNNING
-            run.updated_at = now
-        session.flush()
-        return ApprovalInfo.model_validate(approval)
+    def edit(run: AgentRun, approval: AgentApproval) -> dict[str, Any] | None:
+        if arguments is None:
+            return None
+        return _recheck(run, approval.tool, arguments, tools, policy)
 
-    return store.unit(work, actor=by.key_id)
+    def event(approval: AgentApproval, call: AgentToolCall, final: dict[str, Any]) -> Event:
+        subject = f"{call.run_id}/{call.call_id}"
+        data: dict[str, Any] = {"approval": approval_id, "by": by.key_id, "tool": approval.tool}
+        if approve:
+            data |= {"arguments": redact(final), "edited": arguments is not None}
+            return "agent.approval.approved", subject, data
+        return "agent.approval.rejected", subject, data | {"message": redact.text(message or "")}
+
+    rejection = {
+        "error": "rejected by the approver",
+        "message": redact.text(message or ""),
+        "retryable": False,
+    }
+    return store.decide(
+        approval_id,
+        by=by.key_id,
+        approve=approve,
+        message=message,
+        edit=edit,
+        events=event,
+        rejection=rejection,
+    )
 
 
 def _recheck(

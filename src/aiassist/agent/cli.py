@@ -11,13 +11,16 @@ from __future__ import annotations
 import asyncio
 import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from aiassist.settings import Settings, SettingsError, load_settings
+
+if TYPE_CHECKING:
+    from aiassist.store.audit import AuditLog
 
 __all__ = ["register"]
 
@@ -157,7 +160,14 @@ def _decide(approval_id: str, approve: bool, arguments: str | None, message: str
         approval = await runtime.decide(
             approval_id, by=_principal(), approve=approve, arguments=edited, message=message
         )
-        return await runtime.drive(approval.run_id)
+        try:
+            return await runtime.drive(approval.run_id)
+        except NoProvider as exc:  # e.g. its flow is loaded by the service, not this shell
+            err.print(
+                f"{'approved' if approve else 'rejected'}; the run goes on in the service, "
+                f"within AIASSIST_AGENT_RECOVER_SECONDS (not from here: {exc})"
+            )
+            return await runtime.info(approval.run_id)
 
     try:
         info = asyncio.run(decide())
@@ -197,19 +207,31 @@ def resume() -> None:
     out.print(f"resumed {len(resumed)} run(s)")
 
 
-@audit_app.command("verify")
-def verify() -> None:
-    """Walk the hash chain; exit 1 naming the first edited or deleted row."""
+def _audit_log() -> AuditLog:
     from aiassist.store.audit import AuditLog
     from aiassist.store.db import make_engine, make_sessionmaker
 
-    settings = _settings()
-    check = AuditLog(make_sessionmaker(make_engine(settings.resolved_database_url))).verify()
+    return AuditLog(make_sessionmaker(make_engine(_settings().resolved_database_url)))
+
+
+@audit_app.command("verify")
+def verify() -> None:
+    """Walk every hash chain and check the anchors; exit 1 naming what was edited or removed."""
+    check = _audit_log().verify()
     if check.ok:
-        out.print(f"ok: {check.events} events, chain intact")
+        out.print(f"ok: {check.events} events in {check.chains} chains, all intact")
         return
-    err.print(f"[red]audit trail broken at event {check.first_bad_id}: {check.reason}[/red]")
+    where = f" at event {check.first_bad_id}" if check.first_bad_id is not None else ""
+    err.print(f"[red]audit trail broken{where}: {check.reason}[/red]")
     raise typer.Exit(1)
+
+
+@audit_app.command("anchor")
+def anchor() -> None:
+    """Record the head of every chain that grew since the last anchor (the service does this
+    every AIASSIST_AUDIT_ANCHOR_SECONDS), so a run deleted whole is detected."""
+    grown = _audit_log().anchor()
+    out.print(f"anchored {grown} chain(s)")
 
 
 def evaluate(

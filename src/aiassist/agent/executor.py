@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from functools import partial
 from typing import Protocol, runtime_checkable
 
 import anyio.to_thread
@@ -99,11 +100,15 @@ async def wait_settled(runtime: Runtime, run_id: str, seconds: float) -> RunInfo
         delay = min(delay * 2, 0.5)
 
 
-async def submit_orphaned(runtime: Runtime, executor: Executor) -> list[str]:
+async def submit_orphaned(
+    runtime: Runtime, executor: Executor, *, idle_seconds: float = 0.0
+) -> list[str]:
     """Submit every running run that nobody drives (its process died, or it was never
     handed over); what `Runtime.recover()` does in-process, for any executor. Submitting
     a run that is in fact being driven is harmless: its lease turns the extra one away."""
-    orphans = await anyio.to_thread.run_sync(runtime.store.orphaned)
+    orphans = await anyio.to_thread.run_sync(
+        partial(runtime.store.orphaned, idle_seconds=idle_seconds)
+    )
     for run_id in orphans:
         await executor.submit(run_id)
     return orphans

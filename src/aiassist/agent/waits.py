@@ -25,19 +25,15 @@ import logging
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import anyio.to_thread
-from sqlalchemy import select, update
 
+from aiassist.agent.calls import Calls, on
 from aiassist.agent.flows import WAIT_CALL
 from aiassist.agent.policy import Action, Verdict
 from aiassist.agent.providers.base import ToolCall
-from aiassist.agent.runs import CallStatus, RunState, RunStatus, RunStore, Unit
-from aiassist.store.models import AgentRun, utcnow
-
-if TYPE_CHECKING:
-    from aiassist.agent.runtime import Runtime
+from aiassist.agent.runs import CallStatus, RunInfo, RunState, RunStatus, RunStore, Unit
 
 __all__ = ["WAIT_CALL", "is_wait", "resume_due", "settle", "wake_due"]
 
@@ -47,20 +43,29 @@ _VERDICT = Verdict(Action.ALLOW, "a flow's wait step", rule="flow.wait")
 _WAKE_BATCH = 100
 
 
+class Driver(Protocol):
+    """What drives woken runs on (a `Runtime`)."""
+
+    store: RunStore
+    clock: Callable[[], datetime]
+
+    async def drive(self, run_id: str) -> RunInfo: ...
+
+
 def is_wait(state: RunState, call: ToolCall) -> bool:
     """Whether `call` is a flow's wait: only a flow run's own model emits these."""
     return call.name == WAIT_CALL and state.run.flow is not None
 
 
-async def settle(runtime: Runtime, state: RunState, step: int, call: ToolCall) -> bool:
-    """Settle a wait call if its time has come (or in a dry run); else park the run.
+async def settle(calls: Calls, state: RunState, step: int, call: ToolCall, now: datetime) -> bool:
+    """Settle a wait call if its time has come at `now` (or in a dry run); else park the run.
 
     False when the run is parked: the runtime stops driving it, as for an approval.
     """
     until_text = call.arguments.get("until")
     if state.run.dry_run:
         result: dict[str, Any] = {"dry_run": True, "would_wait_until": until_text}
-        await runtime._settle_new(state, step, call, None, _VERDICT, CallStatus.SUCCEEDED, result)
+        await calls.settle_new(state, step, call, None, _VERDICT, CallStatus.SUCCEEDED, result)
         return True
     try:
         until = _utc(datetime.fromisoformat(str(until_text)))
@@ -69,102 +74,53 @@ async def settle(runtime: Runtime, state: RunState, step: int, call: ToolCall) -
             "error": f"not a time to wait until: {str(until_text)[:100]!r}",
             "retryable": False,
         }
-        await runtime._settle_new(state, step, call, None, _VERDICT, CallStatus.FAILED, error)
+        await calls.settle_new(state, step, call, None, _VERDICT, CallStatus.FAILED, error)
         return True
-    now = _utc(runtime.clock())
+    now = _utc(now)
     # `wake_due` leaves the deadline in `resume_at`: a run woken for this wait goes on even
     # if this process's clock is behind the waker's (or the waker was given a later `now`)
     woken = state.run.resume_at
     if now < until and (woken is None or _utc(woken) < until):
-        await runtime._db(runtime._unit, state, _park(state.run, call, until))
+        await on(calls.db_in_thread, calls.store.write, state, _park(state, call, until))
         state.run.status, state.run.resume_at = RunStatus.WAITING_UNTIL, until
-        if runtime.metrics is not None:
-            runtime.metrics.agent_runs.labels(RunStatus.WAITING_UNTIL.value).inc()
+        if calls.metrics is not None:
+            calls.metrics.agent_runs.labels(RunStatus.WAITING_UNTIL.value).inc()
         return False
     result = {"waited_until": until.isoformat(), "resumed_at": now.isoformat()}
-    await runtime._settle_new(state, step, call, None, _VERDICT, CallStatus.SUCCEEDED, result)
+    await calls.settle_new(state, step, call, None, _VERDICT, CallStatus.SUCCEEDED, result)
     if woken is not None:
-        await runtime._db(_forget_deadline, runtime.store, state.run)
+        await on(calls.db_in_thread, calls.store.forget_deadline, state.run.id)
+        state.run.resume_at = None
     return True
 
 
-def _park(run: AgentRun, call: ToolCall, until: datetime) -> Callable[[Unit], None]:
-    """The transaction that parks `run` (with the turn that asked for the wait: the runtime
-    stores a model turn together with the run's next write)."""
+def _park(state: RunState, call: ToolCall, until: datetime) -> Callable[[Unit], None]:
+    """The transaction that parks the run (with the turn that asked for the wait: the
+    runtime stores a model turn together with the run's next write)."""
 
     def work(unit: Unit) -> None:
-        unit.execute(
-            update(AgentRun)
-            .where(AgentRun.id == run.id)
-            .values(
-                status=RunStatus.WAITING_UNTIL,
-                resume_at=until,
-                updated_at=utcnow(),
-                lease_owner=None,
-                lease_until=None,
-            )
-        )
+        unit.let_go(RunStatus.WAITING_UNTIL, resume_at=until)
         unit.audit(
             "agent.run.waiting",
-            f"{run.id}/{call.id}",
+            f"{state.run.id}/{call.id}",
             {"step": call.arguments.get("step"), "until": until.isoformat()},
         )
 
     return work
 
 
-def _forget_deadline(store: RunStore, run: AgentRun) -> None:
-    """The wait is over: `resume_at` means "due" only while a run waits."""
-    with store.sessions() as session:
-        session.execute(
-            update(AgentRun)
-            .where(AgentRun.id == run.id, AgentRun.status == RunStatus.RUNNING)
-            .values(resume_at=None)
-        )
-        session.commit()
-    run.resume_at = None
-
-
 def wake_due(store: RunStore, now: datetime, limit: int = _WAKE_BATCH) -> list[str]:
     """Put the parked runs due at `now` back to `running`; the ids this call woke.
 
-    Each wake is a conditional update, so of several processes waking at once (replicas,
-    workers) exactly one wins each run; a run woken but not driven (its waker died) is
-    `running` without a lease, which `Runtime.recover()` picks up like any orphan.
+    Of several processes waking at once (replicas, workers) exactly one wins each run; a
+    run woken but not driven (its waker died) is `running` without a lease, which
+    `Runtime.recover()` picks up like any orphan.
     """
-    moment = _utc(now)
-    with store.sessions() as session:
-        due = session.execute(
-            select(AgentRun.id, AgentRun.principal)
-            .where(AgentRun.status == RunStatus.WAITING_UNTIL, AgentRun.resume_at <= moment)
-            .order_by(AgentRun.resume_at)
-            .limit(limit)
-        ).all()
-    woken = []
-    for run_id, principal in due:
-
-        def work(unit: Unit, run_id: str = run_id) -> bool:
-            result = unit.session.execute(
-                update(AgentRun)
-                .where(
-                    AgentRun.id == run_id,
-                    AgentRun.status == RunStatus.WAITING_UNTIL,
-                    AgentRun.resume_at <= moment,
-                )
-                .values(status=RunStatus.RUNNING, updated_at=utcnow())
-            )
-            if not result.rowcount:  # type: ignore[attr-defined]
-                return False
-            unit.audit("agent.run.resumed", run_id, {"at": moment.isoformat()})
-            return True
-
-        if store.unit(work, actor=principal):
-            woken.append(run_id)
-    return woken
+    return store.wake_due(_utc(now), limit)
 
 
 async def resume_due(
-    runtime: Runtime,
+    runtime: Driver,
     now: datetime | None = None,
     *,
     submit: Callable[[str], Awaitable[Any]] | None = None,

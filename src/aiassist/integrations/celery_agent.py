@@ -56,7 +56,6 @@ from aiassist.agent.service import build_runtime
 from aiassist.agent.waits import wake_due
 from aiassist.settings import Settings, SettingsError, load_settings
 from aiassist.store.db import make_engine, make_sessionmaker
-from aiassist.store.models import AgentRun
 
 __all__ = ["DRIVE_TASK", "RECOVER_TASK", "CeleryExecutor", "make_app"]
 
@@ -210,9 +209,7 @@ class _Driver:
 
     def _lease_left(self, runtime: Runtime, run_id: str) -> float:
         """Seconds until another process's lease on the run ends (0 if it has ended)."""
-        with runtime.store.sessions() as session:
-            row = session.get(AgentRun, run_id)
-            until = row.lease_until if row is not None else None
+        until = runtime.store.lease_until(run_id)
         if until is None:
             return 0.0
         if until.tzinfo is None:  # SQLite keeps no time zone: the runtime wrote UTC

@@ -6,6 +6,7 @@ decision recorder and closes them (draining buffered decisions) on shutdown.
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import importlib
 import logging
@@ -78,6 +79,16 @@ class ServiceState:
     watcher: ModelWatcher
 
 
+async def _anchor_every(audit: AuditLog, seconds: float) -> None:
+    """Anchor the audit chains every `seconds`, for as long as the service runs."""
+    while True:
+        await asyncio.sleep(seconds)
+        try:
+            await run_in_threadpool(audit.anchor)
+        except Exception:  # the database is away for a while: the next turn tries again
+            log.warning("could not anchor the audit chains; trying again in %gs", seconds)
+
+
 def create_app(settings: Settings | None = None, *, agent_tools: ToolSet | None = None) -> FastAPI:
     settings = settings or load_settings()
     metrics = Metrics(CollectorRegistry())
@@ -110,12 +121,14 @@ def create_app(settings: Settings | None = None, *, agent_tools: ToolSet | None 
             watcher=watcher,
         )
         await run_in_threadpool(watcher.start)
+        anchoring = asyncio.create_task(_anchor_every(audit, settings.audit_anchor_seconds))
         # Everything loaded so far lives as long as the process: keep it out of the
         # collector's full passes, which otherwise stall requests for tens of ms.
         gc.freeze()
         try:
             yield
         finally:
+            anchoring.cancel()
             await run_in_threadpool(watcher.stop)
             engine.on_decision = None
             if recorder is not None:

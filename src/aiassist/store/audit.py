@@ -1,49 +1,69 @@
 """The audit trail: append-only and hash-chained, so an edited or deleted row is detected.
 
-Each event's hash covers its content and the previous event's hash. `prev_hash` is unique,
-so concurrent writers cannot fork the chain: the loser of a race re-reads the head and retries.
-A process that writes alone appends onto the head it wrote last (`ChainHeads`), without
-reading it again; once writers contend, they read it. Writers queue on a lock (an advisory
-lock on PostgreSQL, SQLite's write lock), so they rarely race at all.
+Events live in chains: one per agent run (`run:<id>`), and `main` for everything else (keys,
+models, drift). Each event's hash covers its content and the previous event's hash in its
+chain, starting from a genesis hash of the chain's name, and `(chain, seq)` is unique: two
+writers cannot both append the same link. A run's chain has one writer, the process that
+holds the run's lease, so runs append side by side with no lock between them.
+
+Removing a whole chain (all of a run's events) leaves no broken link inside any chain, so a
+periodic *anchor* (`anchor`, an event of the `anchor` chain) records the head of every
+chain that grew since the last one. `AuditLog.verify` walks every chain, then checks that
+each head an anchor recorded is still there: edits, removals inside a chain, a cut tail
+and a vanished chain are all detected, up to the last anchor for the last two.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import random
 import threading
-import time
-import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, insert, select, text
+from sqlalchemy import Connection, func, insert, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
-from sqlalchemy.sql.base import Executable
 
-from aiassist.store import script
 from aiassist.store.models import AuditEvent, utcnow
 
 __all__ = [
+    "ANCHOR_CHAIN",
     "GENESIS",
+    "MAIN_CHAIN",
     "AuditLog",
     "ChainCheck",
-    "ChainHeads",
+    "Event",
+    "Head",
     "append_events",
-    "append_statements",
-    "chain_heads",
     "event_hash",
+    "genesis",
+    "head_of",
     "plain_json",
+    "run_chain",
 ]
 
+#: The chain of events that belong to no run, and the first link of the trail before
+#: chains were per run (its rows keep their hashes).
+MAIN_CHAIN = "main"
+ANCHOR_CHAIN = "anchor"
 GENESIS = "0" * 64
-_RACE_RETRIES = 50
-_LOCK_KEY = 0x61756469  # advisory lock key of the audit chain
-CONTENDED_SECONDS = 1.0
+_RETRIES = 20
+
+Event = tuple[str, str, dict[str, Any]]  # kind, subject, JSON-able data
+
+
+def run_chain(run_id: str) -> str:
+    return f"run:{run_id}"
+
+
+def genesis(chain: str) -> str:
+    """The hash a chain's first event links to: a chain cannot be passed off as another."""
+    if chain == MAIN_CHAIN:
+        return GENESIS
+    return hashlib.sha256(f"aiassist.audit:{chain}".encode()).hexdigest()
 
 
 def _canonical_time(at: datetime) -> str:
@@ -73,165 +93,185 @@ def event_hash(
 
 
 @dataclass(frozen=True)
+class Head:
+    """Where a chain ends: its last event's number (0: empty) and hash."""
+
+    chain: str
+    seq: int
+    hash: str
+
+    @classmethod
+    def empty(cls, chain: str) -> Head:
+        return cls(chain, 0, genesis(chain))
+
+
+@dataclass(frozen=True)
 class ChainCheck:
     ok: bool
     events: int
     first_bad_id: int | None = None
     reason: str = ""
+    chains: int = 0
 
 
-_HEAD = select(AuditEvent.hash).order_by(AuditEvent.id.desc()).limit(1)
-#: On PostgreSQL every append holds this lock to its commit, guessing the head or not: a
-#: writer that reads the head under it then never loses the race to one that guessed.
-_LOCK = text("SELECT pg_advisory_xact_lock(:k)")
 _INSERT = insert(AuditEvent).inline()  # nobody reads the generated ids back
 
 
-class ChainHeads:
-    """The last hash this process committed to each PostgreSQL database's chain, while it is
-    the only writer there: the next append chains onto it without reading it.
-
-    The guess is safe because `prev_hash` is unique: if another writer appended meanwhile,
-    the commit is refused (IntegrityError), `contended` forgets the guess and, for
-    `CONTENDED_SECONDS`, appends read the head under the lock again.
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._heads: weakref.WeakKeyDictionary[Engine, tuple[str | None, float]] = (
-            weakref.WeakKeyDictionary()
-        )
-
-    def get(self, engine: Engine) -> str | None:
-        """The head to chain onto without reading it, or None: read it under the lock.
-
-        Always None on SQLite: there reading the head costs no round trip, and a writer
-        that never reads would starve one that does (its snapshot goes stale at every
-        commit of the other, which has to start again)."""
-        if not _guesses(engine):
-            return None
-        with self._lock:
-            head, contended_until = self._heads.get(engine, (None, 0.0))
-        return head if time.monotonic() >= contended_until else None
-
-    def committed(self, engine: Engine, head: str | None) -> None:
-        """`head` is the chain's last hash as of a commit this process just made."""
-        if head is None or not _guesses(engine):
-            return
-        with self._lock:
-            _, contended_until = self._heads.get(engine, (None, 0.0))
-            self._heads[engine] = (head, contended_until)
-
-    def contended(self, engine: Engine) -> None:
-        with self._lock:
-            self._heads[engine] = (None, time.monotonic() + CONTENDED_SECONDS)
+def head_of(connection: Connection, chain: str) -> Head:
+    """The chain's head as the caller's transaction sees it."""
+    row = connection.execute(
+        select(AuditEvent.seq, AuditEvent.hash)
+        .where(AuditEvent.chain == chain)
+        .order_by(AuditEvent.seq.desc())
+        .limit(1)
+    ).first()
+    return Head.empty(chain) if row is None else Head(chain, row.seq, row.hash)
 
 
-def _guesses(engine: Engine) -> bool:
-    return engine.dialect.name == "postgresql"
+def append_events(connection: Connection, actor: str, events: Sequence[Event], head: Head) -> Head:
+    """Chain `events` onto `head` in the caller's transaction; the chain's new head.
 
-
-chain_heads = ChainHeads()
-
-
-def append_events(
-    connection: Connection,
-    actor: str,
-    events: Sequence[tuple[str, str, dict[str, Any]]],
-    head: str | None = None,
-) -> str | None:
-    """Chain `events` (kind, subject, JSON-able data) onto the log in the caller's transaction
-    and return the new head (None when there was nothing to append).
-
-    So a change and the events describing it commit together. `head`, the chain's last hash
-    if the caller knows it (`ChainHeads`), saves reading it. If another writer appended
-    first, the insert or the commit fails on the unique `prev_hash` (IntegrityError): retry
-    the transaction.
+    So a change and the events describing it commit together. If another writer appended
+    to the chain after `head`, the insert fails on the unique `(chain, seq)` (IntegrityError).
     """
     if not events:
-        return None
-    if connection.dialect.name == "postgresql":  # writers queue, not race
-        connection.execute(_LOCK, {"k": _LOCK_KEY})
-    if head is None:
-        head = script.scalar(connection, _HEAD) or GENESIS
-    rows = _chain_rows(head, actor, events)
-    script.execute(connection, _INSERT, rows)  # in order: ids follow the chain
-    return str(rows[-1]["hash"])
-
-
-def append_statements(
-    head: str, actor: str, events: Sequence[tuple[str, str, dict[str, Any]]]
-) -> tuple[list[tuple[Executable, dict[str, Any]]], str]:
-    """What `append_events` does onto a known `head` on PostgreSQL, as statements to send
-    later (`aiassist.store.script`), and the new head."""
-    rows = _chain_rows(head, actor, events)
-    statements: list[tuple[Executable, dict[str, Any]]] = [(_LOCK, {"k": _LOCK_KEY})]
-    return statements + [(_INSERT, row) for row in rows], str(rows[-1]["hash"])
-
-
-def _chain_rows(
-    head: str, actor: str, events: Sequence[tuple[str, str, dict[str, Any]]]
-) -> list[dict[str, Any]]:
-    """The audit rows of `events` chained onto `head`, in order."""
-    prev = head
-    actor = actor[:100]
+        return head
     rows = []
+    seq, prev = head.seq, head.hash
+    actor = actor[:100]
     for kind, long_subject, data in events:
         at, subject = utcnow(), long_subject[:200]  # as the columns hold them
+        seq += 1
         digest = event_hash(prev, at, actor, kind, subject, data)
-        row = {"at": at, "actor": actor, "kind": kind, "subject": subject, "data": data}
-        rows.append(row | {"prev_hash": prev, "hash": digest})
+        rows.append(
+            {
+                "chain": head.chain,
+                "seq": seq,
+                "at": at,
+                "actor": actor,
+                "kind": kind,
+                "subject": subject,
+                "data": data,
+                "prev_hash": prev,
+                "hash": digest,
+            }
+        )
         prev = digest
-    return rows
+    connection.execute(_INSERT, rows)
+    return Head(head.chain, seq, prev)
 
 
 class AuditLog:
+    """Appends to the shared chains and verifies the whole trail."""
+
     def __init__(self, sessions: sessionmaker[Session]) -> None:
         self._sessions = sessions
-        self._lock = threading.Lock()  # writers of this process take turns
+        self._lock = threading.Lock()  # this process's writers of a shared chain take turns
 
     def append(
-        self, kind: str, subject: str, *, actor: str, data: dict[str, Any] | None = None
+        self,
+        kind: str,
+        subject: str,
+        *,
+        actor: str,
+        data: dict[str, Any] | None = None,
+        chain: str = MAIN_CHAIN,
     ) -> None:
-        payload = plain_json(data or {})
-        engine = self._sessions.kw["bind"]
-        for attempt in range(_RACE_RETRIES):
-            with self._lock, self._sessions() as session:
-                try:
-                    head = append_events(
-                        session.connection(),
-                        actor,
-                        [(kind, subject, payload)],
-                        chain_heads.get(engine),
+        self.append_many([(kind, subject, plain_json(data or {}))], actor=actor, chain=chain)
+
+    def append_many(self, events: Sequence[Event], *, actor: str, chain: str = MAIN_CHAIN) -> None:
+        """Append to a chain several processes write: writers queue on an advisory lock on
+        PostgreSQL (SQLite has one writer at a time anyway); a race lost is retried."""
+        for attempt in range(_RETRIES):
+            with self._lock, self._sessions.begin() as session:
+                connection = session.connection()
+                if connection.dialect.name == "postgresql":
+                    connection.execute(
+                        text("SELECT pg_advisory_xact_lock(hashtext(:chain))"), {"chain": chain}
                     )
-                    session.commit()
-                except IntegrityError:  # another writer appended first: read the head
+                try:
+                    append_events(connection, actor, events, head_of(connection, chain))
+                except IntegrityError:
+                    if attempt == _RETRIES - 1:
+                        raise
                     session.rollback()
-                    chain_heads.contended(engine)
-                else:
-                    chain_heads.committed(engine, head)
-                    return
-            time.sleep(random.uniform(0, 0.005 * (attempt + 1)))
-        raise RuntimeError("audit log: could not append after repeated write races")
+                    continue
+                return
+
+    def anchor(self) -> int:
+        """Record the head of every chain that grew since the last anchor; how many did."""
+        with self._sessions() as session:
+            last = session.scalar(
+                select(AuditEvent.data)
+                .where(AuditEvent.chain == ANCHOR_CHAIN)
+                .order_by(AuditEvent.seq.desc())
+                .limit(1)
+            )
+            since = int(last["upto"]) if last else 0
+            grown = session.execute(
+                select(AuditEvent.chain, func.max(AuditEvent.seq), func.max(AuditEvent.id))
+                .where(AuditEvent.id > since, AuditEvent.chain != ANCHOR_CHAIN)
+                .group_by(AuditEvent.chain)
+            ).all()
+            if not grown:
+                return 0
+            heads: dict[str, list[Any]] = {}
+            for chain, seq, _ in grown:
+                digest = session.scalar(
+                    select(AuditEvent.hash).where(AuditEvent.chain == chain, AuditEvent.seq == seq)
+                )
+                heads[chain] = [seq, digest]
+        upto = max(top for _, _, top in grown)
+        self.append_many(
+            [("audit.anchor", f"{len(heads)} chains", {"upto": upto, "heads": heads})],
+            actor="audit",
+            chain=ANCHOR_CHAIN,
+        )
+        return len(heads)
 
     def verify(self) -> ChainCheck:
-        """Walk the chain in order; report the first row whose link or content was altered."""
-        prev = GENESIS
-        count = 0
+        """Walk every chain in order and check the heads the anchors recorded; report the
+        first row whose link or content was altered, or the first recorded head gone."""
+        count, chains = 0, 0
+        anchored: dict[str, tuple[int, str]] = {}  # complete first: "anchor" sorts first
+        chain: str | None = None
+        prev, seq = "", 0
+
+        def cut(at: int | None) -> ChainCheck | None:
+            recorded = anchored.pop(chain, None) if chain is not None else None
+            if recorded is None or recorded[0] <= seq:
+                return None
+            why = f"its events after {seq} are gone" if seq else "all its events are gone"
+            return ChainCheck(False, count, at, f"chain {chain!r}: {why}", chains)
+
         with self._sessions() as session:
-            for event in session.scalars(select(AuditEvent).order_by(AuditEvent.id)):
+            rows = session.scalars(select(AuditEvent).order_by(AuditEvent.chain, AuditEvent.seq))
+            for event in rows:
                 count += 1
-                if event.prev_hash != prev:
-                    return ChainCheck(
-                        False,
-                        count,
-                        event.id,
-                        "link broken: a row before it was removed or altered",
-                    )
+                if event.chain != chain:
+                    if (broken := cut(event.id)) is not None:
+                        return broken
+                    chain, prev, seq, chains = event.chain, genesis(event.chain), 0, chains + 1
+                seq += 1
+                if event.seq != seq or event.prev_hash != prev:
+                    why = f"link broken in chain {chain!r}: an event before it was removed"
+                    return ChainCheck(False, count, event.id, why, chains)
                 expected = event_hash(
                     prev, event.at, event.actor, event.kind, event.subject, event.data
                 )
-                if event.hash != expected:
-                    return ChainCheck(False, count, event.id, "content altered")
+                recorded = anchored.get(event.chain)
+                if event.hash != expected or (
+                    recorded is not None and recorded[0] == seq and recorded[1] != event.hash
+                ):
+                    return ChainCheck(False, count, event.id, "content altered", chains)
                 prev = event.hash
-        return ChainCheck(True, count)
+                if event.chain == ANCHOR_CHAIN:
+                    for name, (head_seq, digest) in event.data.get("heads", {}).items():
+                        anchored[name] = (int(head_seq), str(digest))
+        if (broken := cut(None)) is not None:
+            return broken
+        if anchored:  # recorded by an anchor, and not one event of it is left
+            name = min(anchored)
+            why = f"chain {name!r}: all its events are gone"
+            return ChainCheck(False, count, None, why, chains)
+        return ChainCheck(True, count, chains=chains)

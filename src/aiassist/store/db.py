@@ -78,8 +78,8 @@ _checkpointer = _Checkpointer()
 
 def make_engine(url: str, **kwargs: Any) -> Engine:
     """An engine tuned for this workload: on SQLite WAL, a busy timeout and checkpoints off
-    the commit path (`_Checkpointer`); elsewhere a check of connections that sat idle, and
-    on psycopg no automatic preparing (see `aiassist.store.script`)."""
+    the commit path (`_Checkpointer`); elsewhere a check of connections that sat idle
+    (psycopg prepares the statements a connection runs often on its own)."""
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         on_disk = bool(parsed.database) and parsed.database != ":memory:"
@@ -100,10 +100,6 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
         if on_disk:
             _checkpointer.add(engine, str(parsed.database))
         return engine
-    # psycopg's automatic preparing is off: after any rollback it would run DEALLOCATE ALL,
-    # dropping the statements `aiassist.store.script` prepares for the agent's hot path
-    if parsed.get_driver_name() == "psycopg":
-        kwargs["connect_args"] = {"prepare_threshold": None, **kwargs.get("connect_args", {})}
     engine = create_engine(url, **kwargs)
     _ping_when_idle(engine)
     return engine

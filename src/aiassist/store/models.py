@@ -97,19 +97,23 @@ class ApiKey(Base):
 
 
 class AuditEvent(Base):
-    """An append-only, hash-chained event: each row's hash covers the previous row's hash."""
+    """An append-only, hash-chained event: each row's hash covers the previous row's hash in
+    its chain (one chain per agent run, `main` for the rest; see `aiassist.store.audit`)."""
 
     __tablename__ = "audit_events"
+    # Unique, so two writers that read the same chain head cannot both append: one fails.
+    __table_args__ = (UniqueConstraint("chain", "seq"),)
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    chain: Mapped[str] = mapped_column(String(100))
+    seq: Mapped[int] = mapped_column(BigInteger)
     at: Mapped[datetime] = mapped_column(default=utcnow)
     actor: Mapped[str] = mapped_column(String(100))
     kind: Mapped[str] = mapped_column(String(64), index=True)
     subject: Mapped[str] = mapped_column(String(200))
     data: Mapped[dict[str, Any]]
-    # Unique, so two writers that read the same chain head cannot both append: one retries.
-    prev_hash: Mapped[str] = mapped_column(String(64), unique=True)
-    hash: Mapped[str] = mapped_column(String(64), unique=True)
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    hash: Mapped[str] = mapped_column(String(64))
 
 
 # --- agent runs (migration 0002) -----------------------------------------------------------

@@ -115,6 +115,23 @@ async def _settle(agent: _Agent, run_id: str, wait: float) -> RunInfo:
     return await agent.runtime.info(run_id)
 
 
+async def _recover_every(runtime: Runtime, executor: Executor | None, seconds: float) -> None:
+    """Drive on, here or on the workers, the runs nobody drives: at start every one whose
+    process died, then every `seconds` those idle that long (a decision recorded where the
+    run could not go on, a process that died since)."""
+    idle = 0.0
+    while True:
+        try:
+            if executor is None:
+                await runtime.recover(idle_seconds=idle)
+            else:
+                await submit_orphaned(runtime, executor, idle_seconds=idle)
+        except Exception:  # the database is away for a while: the next turn tries again
+            log.warning("could not look for agent runs to resume; trying again in %gs", seconds)
+        idle = seconds
+        await asyncio.sleep(seconds)
+
+
 def agent_router(
     tools: ToolSet | None = None, flows: Mapping[str, Flow] | None = None
 ) -> APIRouter:
@@ -133,10 +150,7 @@ def agent_router(
         if settings.agent_executor != "inprocess":
             executor = executor_from_settings(settings, runtime)
         agent = app.state.agent = _Agent(runtime, executor)
-        if executor is None:
-            agent.spawn(runtime.recover())  # runs whose process died go on here
-        else:
-            agent.spawn(submit_orphaned(runtime, executor))  # ... or on the workers
+        agent.spawn(_recover_every(runtime, executor, settings.agent_recover_seconds))
         try:
             yield
         finally:
