@@ -76,7 +76,7 @@ class Calls:
     """Carries out a run's tool calls under the policy, each step stored as it happens.
 
     `db_in_thread` is where reads and the rarer writes run; `writes_in_thread` where a
-    call's own writes (its intent, its result: one round trip each) run (see `Runtime`).
+    call's own writes (its intent, its result: one pipelined transaction each) run (see `Runtime`).
     """
 
     store: RunStore

@@ -163,9 +163,9 @@ class Runtime:
         a background checkpoint's: see `aiassist.store.db`), so a thread would only add a
         switch of 0.1-0.3 ms to each. On a server database, reads and the rarer writes of
         several round trips run in a worker thread, which lets the loop serve others
-        meanwhile; the writes of each tool call, one round trip each (`RunStore.unit`),
-        stay on the loop, since the switch would cost about as much as the round trip to
-        a nearby server. True puts all of it in a thread (a distant database), False all
+        meanwhile; the writes of each tool call, one pipelined transaction each
+        (`RunStore.write`), stay on the loop, since the switch would cost about as much as
+        the round trips to a nearby server. True puts all of it in a thread (a distant database), False all
         of it on the loop.
 
         With `keys`, a run started by an API key goes on only while that key is valid: each

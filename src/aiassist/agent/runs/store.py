@@ -8,9 +8,10 @@ Each change is one transaction (`Unit`) that also appends its audit events to th
 own hash chain, so the trail and the state never disagree. The process driving a run holds
 its lease and is the only writer of its chain, so it appends onto the head it knows without
 reading it; a second writer is refused by the unique `(chain, seq)` or `(run_id, seq)`, and
-that is `LeaseLost`, not a race to retry. On PostgreSQL a driver's transaction goes as one
-psycopg pipeline (one round trip for all its statements and the commit), and psycopg
-prepares the statements it sees often (`prepare_threshold`).
+that is `LeaseLost`, not a race to retry. On PostgreSQL a driver's transaction goes through
+psycopg's pipeline (its statements sent without waiting for each answer: three round
+trips, BEGIN, the statements, COMMIT, whatever their number), and psycopg prepares the
+statements a connection runs often (`prepare_threshold`).
 """
 
 from __future__ import annotations
