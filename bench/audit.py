@@ -1,8 +1,8 @@
 """Audit appends on PostgreSQL as concurrent agent runs make them: one hash chain per run
 against one chain shared by every writer, with 1, 8 and 32 runs at once.
 
-    python bench/audit.py            # about half a minute: bench/results/audit.json
-    python bench/audit.py --quick    # a few seconds, for the smoke test
+    python bench/audit.py            # about a minute and a half: bench/results/audit.json
+    python bench/audit.py --quick    # 1 and 2 runs, a few seconds, for the smoke test
 
 Each run is a process of its own (as runs spread over workers), holding one connection.
 It stores transactions as the runtime stores a tool call's result: a message, a run
@@ -37,7 +37,6 @@ from aiassist.store.models import AgentRun
 PG_ADMIN = os.environ.get(
     "AIASSIST_BENCH_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 )
-RUNS = (1, 2, 8, 32)
 EVENTS_PER_TRANSACTION = 2
 
 
@@ -134,14 +133,18 @@ def postgres_database() -> tuple[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, help="measured seconds per phase")
-    args = parse_args(parser, "audit", {"seconds": 4.0}, {"seconds": 0.5})
+    parser.add_argument("--runs", help="concurrent runs of each phase, e.g. 1,2,8,32")
+    args = parse_args(
+        parser, "audit", {"seconds": 4.0, "runs": "1,2,8,32"}, {"seconds": 0.5, "runs": "1,2"}
+    )
+    runs_of = [int(n) for n in args.runs.split(",")]
     started = datetime.now(UTC)
     machine = machine_info(["sqlalchemy", "psycopg"])
     url, drop = postgres_database()
     results: dict[str, list[dict[str, Any]]] = {"per run": [], "shared": []}
     try:
         upgrade(url)
-        for runs in RUNS:
+        for runs in runs_of:
             for shape in results:
                 results[shape].append(phase(url, shape, runs, args.seconds))
         engine = make_engine(url)
@@ -152,7 +155,7 @@ def main() -> None:
     print(f"  trail verified: {check.ok}, {check.events} events in {check.chains} chains")
     rate = {shape: [p["events_per_s"] for p in phases] for shape, phases in results.items()}
     per_run, shared = rate["per run"], rate["shared"]
-    steps = list(pairwise(RUNS))
+    steps = list(pairwise(runs_of))
     goals = [
         goal(
             f"audit appends grow with concurrent runs, {a} -> {b} runs (per-run chains)",
@@ -169,7 +172,7 @@ def main() -> None:
             f"{per_run[i] / shared[i]:.2f}x",
             per_run[i] > shared[i],
         )
-        for i, runs in enumerate(RUNS)
+        for i, runs in enumerate(runs_of)
         if runs > 1
     ]
     goals.append(goal("the trail verifies after the phases", "ok", str(check.ok), check.ok))

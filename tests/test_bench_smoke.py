@@ -95,12 +95,18 @@ def check_retry(result: dict[str, Any]) -> None:
     assert result["policies"]["no_retry"]["amplification"] == 1.0
 
 
+def check_audit(result: dict[str, Any]) -> None:
+    assert [p["runs"] for p in result["phases"]["per run"]] == [1, 2]
+    assert result["verified"]["ok"] and result["verified"]["chains"] > 2
+
+
 CHECKS = {
     "latency": check_latency,
     "swap": check_swap,
     "agent_overhead": check_agent_overhead,
     "priority": check_priority,
     "retry": check_retry,
+    "audit": check_audit,
 }
 
 
