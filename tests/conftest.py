@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -37,6 +38,64 @@ if TYPE_CHECKING:
 PG_ADMIN_URL = os.environ.get(
     "AIASSIST_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 )
+
+
+# --- servers the suite needs, and the markers that say so ------------------------------------
+#: Where each server is looked for, and the variable that points the tests elsewhere.
+SERVERS = {
+    "postgres": (PG_ADMIN_URL, "AIASSIST_TEST_POSTGRES_URL"),
+    "redis": (
+        os.environ.get("AIASSIST_TEST_REDIS_URL", "redis://127.0.0.1:6379/0"),
+        "AIASSIST_TEST_REDIS_URL",
+    ),
+    "rabbitmq": (
+        os.environ.get("AIASSIST_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672//"),
+        "AIASSIST_TEST_AMQP_URL",
+    ),
+}
+_PORTS = {"postgres": 5432, "redis": 6379, "rabbitmq": 5672}
+_POSTGRES_FIXTURES = frozenset({"pg_url", "pg_template"})
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` selects by marker
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test by the servers it needs, then `services` if any: from its own
+    markers, its fixtures, and parameters that name a server (`db_url` "postgres", a
+    broker "redis" or "rabbitmq")."""
+    for item in items:
+        needs = {m.name for m in item.iter_markers() if m.name in SERVERS}
+        if _POSTGRES_FIXTURES & set(getattr(item, "fixturenames", ())):
+            needs.add("postgres")
+        callspec = getattr(item, "callspec", None)
+        if callspec is not None:
+            needs |= {v for v in callspec.params.values() if isinstance(v, str) and v in SERVERS}
+        for name in sorted(needs):
+            item.add_marker(name)
+        if needs:
+            item.add_marker("services")
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Stop at once, naming the server, if a selected test needs one that does not answer."""
+    if session.config.option.collectonly:
+        return
+    wanted = {m.name for item in session.items for m in item.iter_markers() if m.name in SERVERS}
+    missing = []
+    for name in sorted(wanted):
+        url, variable = SERVERS[name]
+        parsed = urlsplit(url)
+        address = (parsed.hostname or "127.0.0.1", parsed.port or _PORTS[name])
+        try:
+            socket.create_connection(address, timeout=1).close()
+        except OSError:
+            missing.append(f"  {name} at {address[0]}:{address[1]} (or set {variable})")
+    if missing:
+        pytest.exit(
+            "these tests need servers that do not answer:\n" + "\n".join(missing) + "\n"
+            "start them (bash .ci/run starts them all), or leave those tests out: "
+            'pytest -m "not services"',
+            returncode=3,
+        )
 
 
 def model_daemon(settings: Settings, module: AnyModule) -> ModelDaemon:

@@ -137,6 +137,7 @@ def test_memory_rate_limit() -> None:
     assert 0 < limiter.acquire(limit) <= 30
 
 
+@pytest.mark.redis
 def test_redis_rate_limit_is_one_budget_for_every_limiter() -> None:
     url = "redis://127.0.0.1:6379/0"
     key = f"test-{os.urandom(4).hex()}"

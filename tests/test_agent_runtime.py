@@ -366,6 +366,7 @@ async def test_a_crash_between_intent_and_result_does_not_repeat_the_side_effect
 
 
 @pytest.mark.parametrize("db_url", ["postgres"], indirect=True)
+@pytest.mark.redis
 async def test_a_rate_limit_is_shared_by_two_worker_processes_through_redis(
     db_url: str, backend: str
 ) -> None:

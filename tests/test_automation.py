@@ -188,6 +188,7 @@ def calls(run: dict[str, Any]) -> list[tuple[str, str]]:
 
 
 # --- inbound email -> lead_intake ------------------------------------------------------------
+@pytest.mark.postgres
 def test_inbound_mail_becomes_a_lead_an_intro_and_a_follow_up(stack: Stack) -> None:
     mail(stack, "Product question", "Hello, I would like to learn about your product.")
     [run] = stack.runs(flow="lead_intake")  # recorded before the mail was acknowledged
@@ -229,6 +230,7 @@ def test_inbound_mail_becomes_a_lead_an_intro_and_a_follow_up(stack: Stack) -> N
     assert 'aiassist_flow_minutes_saved_total{flow="lead_intake"} 6.0' in metrics
 
 
+@pytest.mark.postgres
 def test_a_dry_run_lists_the_calls_and_changes_nothing(stack: Stack) -> None:
     email = {
         "sender": "li.si@example.com",
@@ -271,6 +273,7 @@ def post_hook(
     return httpx.post(url, content=body, headers=headers, timeout=30)
 
 
+@pytest.mark.postgres
 def test_a_signed_webhook_opens_and_assigns_a_ticket(stack: Stack) -> None:
     body = json.dumps(
         {"email": "wu@example.com", "subject": "Parcel is late", "body": "Where is my delivery?"}
@@ -301,6 +304,7 @@ def test_a_signed_webhook_opens_and_assigns_a_ticket(stack: Stack) -> None:
 
 
 # --- refund: waits for a person ---------------------------------------------------------------
+@pytest.mark.postgres
 def test_a_refund_waits_for_approval_then_pays_and_confirms(stack: Stack) -> None:
     order = httpx.post(
         f"{stack.backend}/orders", json={"customer_id": "c-7", "amount": 80.0}, timeout=10
@@ -343,6 +347,7 @@ def test_a_refund_waits_for_approval_then_pays_and_confirms(stack: Stack) -> Non
 
 
 # --- cron: daily_report on injected time --------------------------------------------------------
+@pytest.mark.postgres
 def test_the_daily_report_fires_on_schedule(stack: Stack) -> None:
     httpx.post(
         f"{stack.backend}/tickets",
@@ -371,6 +376,7 @@ def test_the_daily_report_fires_on_schedule(stack: Stack) -> None:
 
 
 # --- a failing step -------------------------------------------------------------------------------
+@pytest.mark.postgres
 def test_a_failing_step_retries_then_fails_recorded_and_is_not_repeated(stack: Stack) -> None:
     settings: BackendSettings = stack.backend_app.state.settings
     stack.backend_app.state.settings = settings.model_copy(update={"smtp_port": free_port()})
@@ -405,6 +411,7 @@ def test_a_failing_step_retries_then_fails_recorded_and_is_not_repeated(stack: S
 
 
 # --- validation and configuration --------------------------------------------------------------
+@pytest.mark.postgres
 def test_validate_names_lines_and_unknown_tools(stack: Stack) -> None:
     def validate(text_: str) -> httpx.Response:
         return httpx.post(

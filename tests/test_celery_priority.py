@@ -202,6 +202,7 @@ def _run_batch(worker: Worker, log: redis.Redis, service: AIAssistService) -> li
     return batch
 
 
+@pytest.mark.redis
 def test_higher_scored_tasks_start_first_and_outcomes_are_recorded(
     worker: Worker, log: redis.Redis
 ) -> None:
@@ -237,6 +238,7 @@ def test_higher_scored_tasks_start_first_and_outcomes_are_recorded(
     assert recorded == ids
 
 
+@pytest.mark.redis
 def test_service_down_still_orders_by_the_rule(worker: Worker, log: redis.Redis) -> None:
     with socket.socket() as s:  # a port nothing listens on
         s.bind(("127.0.0.1", 0))
@@ -258,6 +260,7 @@ def test_service_down_still_orders_by_the_rule(worker: Worker, log: redis.Redis)
     assert len(_outcomes(worker, {e["decision_id"] for e in batch}, len(batch))) == len(batch)
 
 
+@pytest.mark.redis
 def test_prioritized_task_failure_and_retry_record_one_outcome(
     worker: Worker, log: redis.Redis
 ) -> None:
@@ -282,6 +285,7 @@ def test_prioritized_task_failure_and_retry_record_one_outcome(
     assert len(_outcomes(worker, {retry_id, fail_id}, 2)) == 2
 
 
+@pytest.mark.redis
 def test_queue_length_and_workers_come_from_the_broker(worker: Worker, log: redis.Redis) -> None:
     log_key, release_key = _block(worker, log)
     work = worker.app.tasks["aiassist_test.work"]

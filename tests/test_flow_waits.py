@@ -303,6 +303,7 @@ async def wait_for_status(rt: Runtime, run_id: str, status: str, seconds: float 
     return info
 
 
+@pytest.mark.redis
 def test_the_celery_recover_task_wakes_due_runs(sqlite_url: str, tmp_path: Path) -> None:
     """The beat's `recover` task wakes a due run and sends it to the workers (real Redis
     broker, the queue read directly); the run then goes on wherever it is driven."""

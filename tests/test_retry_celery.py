@@ -56,6 +56,8 @@ def _attempts(client: redis.Redis, key: str) -> list[dict[str, float]]:
     return [json.loads(x) for x in client.lrange(key, 0, -1)]
 
 
+@pytest.mark.rabbitmq
+@pytest.mark.redis
 def test_autoretry_hook_on_rabbitmq(worker: tuple[Celery, Path]) -> None:
     app, data_dir = worker
     client = redis.Redis.from_url(REDIS_URL)

@@ -165,8 +165,8 @@ class Runtime:
         several round trips run in a worker thread, which lets the loop serve others
         meanwhile; the writes of each tool call, one pipelined transaction each
         (`RunStore.write`), stay on the loop, since the switch would cost about as much as
-        the round trips to a nearby server. True puts all of it in a thread (a distant database), False all
-        of it on the loop.
+        the round trips to a nearby server. True puts all of it in a thread (a distant
+        database), False all of it on the loop.
 
         With `keys`, a run started by an API key goes on only while that key is valid: each
         time a run is driven (after an approval, a crash, a restart) its key is looked up
