@@ -12,6 +12,7 @@ import math
 import os
 import platform
 import random
+import secrets
 import shlex
 import socket
 import subprocess
@@ -249,6 +250,36 @@ def train_from_simulator(module: Any, trainer: Any, rows: int, seed: int, workdi
         "heldout_quality_rule": round(trainer.quality(held.y, rule), 4),
     }
     return Trained(predictor, engine, held, model, rule, info)
+
+
+# --- a database of the benchmark's own -----------------------------------------------------
+PG_ADMIN = os.environ.get(
+    "AIASSIST_BENCH_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+)
+
+
+def postgres_database() -> tuple[str, Any] | None:
+    """A new database on the PostgreSQL server of AIASSIST_BENCH_POSTGRES_URL and a function
+    that drops it; None (said on the console) if the server cannot be reached."""
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    try:
+        admin = create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
+        name = f"aiassist_bench_{secrets.token_hex(4)}"
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+    except Exception as exc:
+        print(f"PostgreSQL unavailable ({type(exc).__name__}): skipped", flush=True)
+        return None
+    url = make_url(PG_ADMIN).set(database=name).render_as_string(hide_password=False)
+
+    def drop() -> None:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+    return url, drop
 
 
 # --- arguments, goals and the results file -------------------------------------------------

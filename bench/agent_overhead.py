@@ -33,8 +33,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
-import secrets
 import tempfile
 import time
 from collections.abc import Sequence
@@ -43,10 +41,17 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-from sqlalchemy import Engine, create_engine, event, text
-from sqlalchemy.engine import make_url
+from sqlalchemy import Engine, event
 
-from _common import goal, machine_info, parse_args, show, summarize, write_results
+from _common import (
+    goal,
+    machine_info,
+    parse_args,
+    postgres_database,
+    show,
+    summarize,
+    write_results,
+)
 from aiassist.agent import Risk, ToolContext, ToolSet, tool
 from aiassist.agent.policy import service_identity
 from aiassist.agent.providers.base import Message, ModelTurn
@@ -56,9 +61,6 @@ from aiassist.store.audit import AuditLog
 from aiassist.store.db import checkpoint, make_engine, make_sessionmaker, upgrade
 from aiassist.store.keys import Principal
 
-PG_ADMIN = os.environ.get(
-    "AIASSIST_BENCH_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
-)
 GOAL_P99_MS = 2.0
 TURNS_PER_RUN = 50
 _tool_ns: list[int] = []
@@ -304,25 +306,6 @@ async def baselines(engine: Engine, sessions: Any, calls: int) -> dict[str, Any]
     ]:
         show(f"baseline: {label}", out[key], "ms")
     return out
-
-
-def postgres_database() -> tuple[str, Any] | None:
-    try:
-        admin = create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
-        name = f"aiassist_bench_{secrets.token_hex(4)}"
-        with admin.connect() as conn:
-            conn.execute(text(f'CREATE DATABASE "{name}"'))
-    except Exception as exc:
-        print(f"PostgreSQL unavailable ({type(exc).__name__}): skipped", flush=True)
-        return None
-    url = make_url(PG_ADMIN).set(database=name).render_as_string(hide_password=False)
-
-    def drop() -> None:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
-
-    return url, drop
 
 
 def main() -> None:

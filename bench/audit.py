@@ -18,25 +18,18 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing
-import os
 import secrets
 import time
 from datetime import UTC, datetime
 from itertools import pairwise
 from typing import Any
 
-from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
-
-from _common import goal, machine_cpu_s, machine_info, parse_args, write_results
+from _common import goal, machine_cpu_s, machine_info, parse_args, postgres_database, write_results
 from aiassist.agent.runs import RunStore, Unit
 from aiassist.store.audit import AuditLog
 from aiassist.store.db import make_engine, make_sessionmaker, upgrade
 from aiassist.store.models import AgentRun
 
-PG_ADMIN = os.environ.get(
-    "AIASSIST_BENCH_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
-)
 EVENTS_PER_TRANSACTION = 2
 
 
@@ -115,21 +108,6 @@ def phase(url: str, shape: str, runs: int, seconds: float) -> dict[str, Any]:
     }
 
 
-def postgres_database() -> tuple[str, Any]:
-    admin = create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
-    name = f"aiassist_bench_{secrets.token_hex(4)}"
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    url = make_url(PG_ADMIN).set(database=name).render_as_string(hide_password=False)
-
-    def drop() -> None:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
-
-    return url, drop
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, help="measured seconds per phase")
@@ -140,7 +118,10 @@ def main() -> None:
     runs_of = [int(n) for n in args.runs.split(",")]
     started = datetime.now(UTC)
     machine = machine_info(["sqlalchemy", "psycopg"])
-    url, drop = postgres_database()
+    pg = postgres_database()
+    if pg is None:
+        raise SystemExit("this benchmark needs PostgreSQL (AIASSIST_BENCH_POSTGRES_URL)")
+    url, drop = pg
     results: dict[str, list[dict[str, Any]]] = {"per run": [], "shared": []}
     try:
         upgrade(url)
