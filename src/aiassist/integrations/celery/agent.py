@@ -50,9 +50,9 @@ from celery import Celery, Task, signals
 from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError
 
+from aiassist.agent.assembly import build_runtime
 from aiassist.agent.runs import RunNotFound, RunStatus
 from aiassist.agent.runtime import NoProvider, Runtime
-from aiassist.agent.service import build_runtime
 from aiassist.agent.waits import wake_due
 from aiassist.settings import Settings, SettingsError, load_settings
 from aiassist.store.db import make_engine, make_sessionmaker

@@ -1,0 +1,5 @@
+"""Deprecated: moved to `aiassist.integrations.celery.agent`; kept for one release."""
+
+from aiassist._deprecated import moved
+
+__getattr__ = moved(__name__, "aiassist.integrations.celery.agent")
