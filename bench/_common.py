@@ -221,9 +221,9 @@ def train_from_simulator(module: Any, trainer: Any, rows: int, seed: int, workdi
     """Train with the module's trainer, publish, load through the serving checks, judge."""
     from prometheus_client import CollectorRegistry
 
-    from aiassist.engine import Engine
+    from aiassist.decider import Decider
     from aiassist.metrics import Metrics
-    from aiassist.registry.runtime import load_checked
+    from aiassist.registry.serving import load_checked
     from aiassist.registry.store import ModelRegistry
 
     started = time.perf_counter()
@@ -234,7 +234,7 @@ def train_from_simulator(module: Any, trainer: Any, rows: int, seed: int, workdi
     registry = ModelRegistry(workdir / "models")
     manifest = exported.publish(registry, module)
     predictor = load_checked(registry, module, manifest.version, latency_budget_us=5000)
-    engine = Engine([module], metrics=Metrics(CollectorRegistry()))
+    engine = Decider([module], metrics=Metrics(CollectorRegistry()))
     engine.load(module.name, predictor)
     held = trainer.synthetic(max(rows // 4, 2000), seed + 1000)
     model = np.array([trainer.score(d) for d in engine.decide_many(module.name, held.features)])

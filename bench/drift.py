@@ -64,10 +64,10 @@ from scipy.stats import mannwhitneyu
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import goal, machine_info, parse_args, write_results
 from aiassist.drift import DetectorConfig, DriftConfig, DriftDetector, DriftGuard
-from aiassist.drift.asgi import DriftMiddleware
 from aiassist.drift.clients import ClientHints, client_identity
 from aiassist.drift.profile import Observation, Profile
 from aiassist.drift.shapes import fields_of
+from aiassist.integrations.asgi import DriftMiddleware
 from aiassist.metrics import Metrics
 
 HISTORY = 5_000

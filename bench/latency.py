@@ -48,10 +48,10 @@ from _common import (
     summarize,
     write_results,
 )
-from aiassist.engine import Engine
+from aiassist.decider import Decider
 from aiassist.metrics import Metrics
 from aiassist.modules.reference import module as reference
-from aiassist.registry.runtime import OnnxPredictor, load_checked
+from aiassist.registry.serving import OnnxPredictor, load_checked
 from aiassist.registry.store import ModelRegistry
 from aiassist.sdk import AIAssistService
 from aiassist.settings import Settings
@@ -164,7 +164,7 @@ def bench_in_process(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         show(name, results[name], "us")
 
     print(f"in process, µs per call ({args.calls} calls after {args.calls // 10} unmeasured):")
-    engine = Engine(metrics=Metrics(CollectorRegistry()))
+    engine = Decider(metrics=Metrics(CollectorRegistry()))
     validated = [engine.features(MODULE, d) for d in dicts]
     run("engine_fallback_dict", lambda f: engine.decide(MODULE, f), dicts)
     run("engine_fallback_features", lambda f: engine.decide(MODULE, f), validated)
@@ -202,7 +202,7 @@ def bench_in_process(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         settings = Settings(data_dir=tmp / name, database_url=url, record_decisions=True)
         service = AIAssistService(settings, metrics=metrics)
         if model:
-            service.engine.load(MODULE, predictor)
+            service.decider.load(MODULE, predictor)
         run(name, partial(service.decide, MODULE), dicts)
         service.close()  # drains the recording buffer
         db = make_engine(settings.resolved_database_url)
@@ -435,7 +435,7 @@ def bench_http(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
 def goals(inproc: dict[str, Any], http: dict[str, Any] | None) -> list[dict[str, Any]]:
     out = []
     for key, name in (
-        ("engine_onnx_dict", "in-process p99, small ONNX model (Engine.decide, dict)"),
+        ("engine_onnx_dict", "in-process p99, small ONNX model (Decider.decide, dict)"),
         ("priority_model", "in-process p99, priority module with its LightGBM model"),
     ):
         p99 = inproc[key]["p99_us"]

@@ -5,7 +5,7 @@ the `priority` module's learned model and its rule fallback, over several seeds.
     python bench/priority.py --quick    # a few seconds, for the smoke test
 
 The model is trained by the module's own trainer on simulator traffic of one seed and
-served through the registry's checks (`load_checked`) and an `Engine`; the evaluation
+served through the registry's checks (`load_checked`) and an `Decider`; the evaluation
 traffic comes from other seeds (six per scenario), and every figure is given as the mean
 over them and the worst of them. The module's policy is the dispatcher's own `TaskQueue`
 (priority order, the rescue and its gap), with the scoring of the default settings. The
@@ -37,7 +37,7 @@ import numpy as np
 from prometheus_client import CollectorRegistry
 
 from _common import machine_info, train_from_simulator, write_results
-from aiassist.engine import Engine
+from aiassist.decider import Decider
 from aiassist.metrics import Metrics
 from aiassist.modules.priority import PriorityModule, module
 from aiassist.modules.priority.simulator import (
@@ -57,7 +57,7 @@ from aiassist.modules.priority.simulator import (
     summarize,
 )
 from aiassist.modules.priority.training import trainer
-from aiassist.registry.runtime import OnnxPredictor
+from aiassist.registry.serving import OnnxPredictor
 
 OUT = Path(__file__).parent / "results" / "priority.json"
 #: The scenario the goals are judged on, then two others to show how the result moves.
@@ -106,8 +106,8 @@ def scores(decisions: Sequence[Any]) -> np.ndarray:
     return np.array([trainer.score(d) for d in decisions])
 
 
-def serving(variant: PriorityModule, predictor: OnnxPredictor) -> Engine:
-    engine = Engine([variant], metrics=Metrics(CollectorRegistry()))
+def serving(variant: PriorityModule, predictor: OnnxPredictor) -> Decider:
+    engine = Decider([variant], metrics=Metrics(CollectorRegistry()))
     engine.load(variant.name, predictor)
     return engine
 

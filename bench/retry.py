@@ -18,16 +18,16 @@ Policies, in the same run:
 - `exponential_backoff`: tenacity's stop_after_attempt(4) + wait_random_exponential(0.1 s,
   max 10 s), any error, Retry-After not read;
 - `backoff_budget_20`: the same behind a retry budget of 20% of the calls over 10 s plus 1
-  retry/s (Envoy/Finagle style; `aiassist.retry.RetryBudget`);
+  retry/s (Envoy/Finagle style; `aiassist.modules.retry.budget.RetryBudget`);
 - `grpc_token_throttle`: the same backoff behind gRPC retry throttling (10 tokens, -1 per
   failure, +0.1 per success, retries only above half);
-- `rule`: `aiassist.retry.RetryPolicy` with the module's rule fallback (backoff with full
-  jitter honouring Retry-After, behind the same 20% budget);
+- `rule`: `aiassist.modules.retry.policy.RetryPolicy` with the module's rule fallback
+  (backoff with full jitter honouring Retry-After, behind the same 20% budget);
 - `learned`: `RetryPolicy` with the module's LightGBM model (retry only when P(recovery)
   >= 0.7, the shortest worthwhile of a few candidate waits), behind the same budget.
 
 The model is trained by the module's own trainer on simulated worlds of other seeds,
-published to a registry and served through `load_checked` and an `Engine`.
+published to a registry and served through `load_checked` and an `Decider`.
 """
 
 from __future__ import annotations
@@ -45,9 +45,10 @@ import numpy as np
 from prometheus_client import CollectorRegistry
 
 from _common import machine_info, train_from_simulator, write_results
-from aiassist.engine import Engine
+from aiassist.decider import Decider
 from aiassist.metrics import Metrics
 from aiassist.modules.retry import RetryDecision, RetryFeatures, module
+from aiassist.modules.retry.budget import RetryBudget
 from aiassist.modules.retry.simulator import (
     ExponentialBackoff,
     ModulePolicy,
@@ -60,9 +61,8 @@ from aiassist.modules.retry.simulator import (
     simulate,
     summarize,
 )
+from aiassist.modules.retry.tracker import DownstreamTracker
 from aiassist.modules.retry.training import trainer
-from aiassist.retry.budget import RetryBudget
-from aiassist.retry.tracker import DownstreamTracker
 
 OUT = Path(__file__).parent / "results" / "retry.json"
 Clock = Callable[[], float]
@@ -84,7 +84,7 @@ COLUMNS = (
 PACKAGES = ["aiassist", "numpy", "lightgbm", "onnxmltools", "onnxruntime"]
 
 
-def train_engine(rows: int, seed: int, workdir: Path) -> tuple[Engine, dict[str, Any]]:
+def train_engine(rows: int, seed: int, workdir: Path) -> tuple[Decider, dict[str, Any]]:
     """The bootstrap model, and how often a retry it scores P >= 0.7 does succeed."""
     trained = train_from_simulator(module, trainer, rows, seed, workdir)
     chosen = trained.model_scores >= 0.7
@@ -93,10 +93,12 @@ def train_engine(rows: int, seed: int, workdir: Path) -> tuple[Engine, dict[str,
     return trained.engine, info
 
 
-def decision_latency(engine: Engine, world_features: list[RetryFeatures], n: int) -> dict[str, Any]:
+def decision_latency(
+    engine: Decider, world_features: list[RetryFeatures], n: int
+) -> dict[str, Any]:
     """In-process µs per decision: the rule, the model on one row, the model on the four
     candidate waits a policy asks about at once (GC on, after 500 unmeasured calls)."""
-    rule = Engine([module], metrics=Metrics(CollectorRegistry()))
+    rule = Decider([module], metrics=Metrics(CollectorRegistry()))
     batches = [world_features[i : i + 4] for i in range(0, len(world_features) - 4, 4)]
     runs: dict[str, tuple[Callable[[int], Any], str]] = {
         "rule_one_row": (lambda i: rule.decide(module.name, world_features[i]), "1 row"),
@@ -123,7 +125,7 @@ def decision_latency(engine: Engine, world_features: list[RetryFeatures], n: int
     return out
 
 
-def policies(engine: Engine, seed: int) -> dict[str, Factory]:
+def policies(engine: Decider, seed: int) -> dict[str, Factory]:
     def model(features: list[RetryFeatures]) -> list[RetryDecision]:
         return engine.decide_many(module.name, features)  # type: ignore[return-value]
 

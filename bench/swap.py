@@ -9,7 +9,7 @@ another, timing each call: first with no swap (baseline), then while the main th
 the `stable` tag between the versions N times, spread evenly over the baseline's duration
 (back to back if a move takes longer); the load goes on until the last move is done.
 
-In process, an `Engine` serves the versions through a `ModelWatcher`; a move is `set_tag`
+In process, an `Decider` serves the versions through a `ModelWatcher`; a move is `set_tag`
 then `watcher.sync()`, which loads, checks and swaps in a fresh ONNX Runtime session. Over
 HTTP (unless --no-http), the real service runs as a child process (tags polled every
 0.05 s), one keep-alive httpx client sends the decisions, and a move is `POST
@@ -47,11 +47,11 @@ from _common import (
     summarize,
     write_results,
 )
-from aiassist.engine import Engine
+from aiassist.decider import Decider
 from aiassist.metrics import Metrics
 from aiassist.modules.reference import module as reference
 from aiassist.modules.reference.training import trainer
-from aiassist.registry.runtime import ModelWatcher
+from aiassist.registry.serving import ModelWatcher
 from aiassist.registry.store import ModelRegistry, TrainingInfo
 from aiassist.settings import Settings
 from aiassist.training.base import ExportedModel
@@ -232,7 +232,7 @@ def bench_in_process(args: argparse.Namespace, tmp: Path, models: list[Trained])
     registry = ModelRegistry(tmp / "inproc")
     versions = publish(registry, models)
     events: Counter[str] = Counter()
-    engine = Engine([reference], metrics=Metrics(CollectorRegistry()))
+    engine = Decider([reference], metrics=Metrics(CollectorRegistry()))
     watcher = ModelWatcher(
         registry,
         engine,
@@ -260,7 +260,7 @@ def bench_in_process(args: argparse.Namespace, tmp: Path, models: list[Trained])
         return None if served.version == version else f"serving {served.version}: {served.error}"
 
     print(
-        f"in process, µs per decision: Engine + ModelWatcher (latency budget "
+        f"in process, µs per decision: Decider + ModelWatcher (latency budget "
         f"{args.latency_budget_us:g} µs), {args.decisions} decisions per phase",
         flush=True,
     )

@@ -18,7 +18,7 @@ from typing import Any
 import redis
 from celery import Celery
 
-from aiassist.integrations.celery import PrioritizedTask, configure_priority, task_headers
+from aiassist.integrations.celery.priority import PrioritizedTask, configure_priority, task_headers
 from tests.celery_workers import worker_app
 
 REDIS_URL = os.environ.get("AIASSIST_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")

@@ -14,8 +14,9 @@ from typing import Any
 import redis
 from celery import Celery
 
-from aiassist.integrations.celery_retry import SmartRetryTask
-from aiassist.retry import Backoff, RetryableError
+from aiassist.integrations.celery.retry import SmartRetryTask
+from aiassist.modules.retry.errors import RetryableError
+from aiassist.modules.retry.policy import Backoff
 from tests.celery_workers import worker_app
 
 REDIS_URL = os.environ.get("AIASSIST_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")

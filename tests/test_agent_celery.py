@@ -3,7 +3,7 @@ worker processes, real PostgreSQL, and a real HTTP backend on loopback that coun
 effects and honours `Idempotency-Key`.
 
 The workers are started exactly as a deployment starts them
-(`celery -A aiassist.integrations.celery_agent worker`), configured only by `AIASSIST_*`
+(`celery -A aiassist.integrations.celery.agent worker`), configured only by `AIASSIST_*`
 variables, with their tools loaded from `AIASSIST_AGENT_TOOLS`. Leases are short (8 s) so
 that taking over the run of a killed worker happens within the test.
 """
@@ -33,7 +33,7 @@ from aiassist.agent.executor import InProcessExecutor, submit_orphaned, wait_set
 from aiassist.agent.policy import service_identity
 from aiassist.agent.runs import RunInfo, RunStatus
 from aiassist.agent.runtime import Runtime
-from aiassist.integrations.celery_agent import (
+from aiassist.integrations.celery.agent import (
     DRIVE_TASK,
     RECOVER_TASK,
     CeleryExecutor,
@@ -112,7 +112,7 @@ class Cluster:
         with worker.log_path.open("ab") as log:
             worker.proc = subprocess.Popen(
                 [
-                    sys.executable, "-m", "celery", "-A", "aiassist.integrations.celery_agent",
+                    sys.executable, "-m", "celery", "-A", "aiassist.integrations.celery.agent",
                     "worker", "--concurrency=1", "--pool=prefork", "--loglevel=INFO",
                     "--without-gossip", "--without-mingle", "--without-heartbeat",
                     "-n", worker.name,
@@ -455,7 +455,7 @@ def test_a_worker_whose_tools_cannot_be_loaded_stops_at_start_up(tmp_path: Path)
         "PYTHONPATH": str(ROOT),
     }
     result = subprocess.run(
-        [sys.executable, "-m", "celery", "-A", "aiassist.integrations.celery_agent", "worker",
+        [sys.executable, "-m", "celery", "-A", "aiassist.integrations.celery.agent", "worker",
          "--pool=solo", "--without-gossip", "--without-mingle", "--without-heartbeat"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip

@@ -12,12 +12,12 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from aiassist.agent.assembly import secret_values
 from aiassist.agent.automation import Automation, AutomationConfig
 from aiassist.agent.executor import InProcessExecutor
 from aiassist.agent.flows import FlowError, load_flows, parse_flow
 from aiassist.agent.policy import service_identity
 from aiassist.agent.runtime import NoProvider, Runtime
-from aiassist.agent.service import secret_values
 from aiassist.agent.tools import ToolSet, tool
 from aiassist.server import create_app
 from aiassist.settings import Settings

@@ -25,7 +25,7 @@ from celery import Celery
 from sqlalchemy import create_engine, select
 
 from aiassist import AIAssistService
-from aiassist.integrations.celery import (
+from aiassist.integrations.celery.priority import (
     PrioritizedTask,
     broker_kind,
     broker_priority,

@@ -175,7 +175,7 @@ def test_retrains_from_recorded_outcomes_and_promotes(
     simulator's: the retrained model is better on held-out data, promoted, and served."""
     assert daemon.daemon.maybe_train(NAME).action == "promoted"  # v0001 from the simulator
     state = live_server.state
-    wait_for(lambda: state.engine.served_version(NAME) == "v0001")  # the service follows
+    wait_for(lambda: state.decider.served_version(NAME) == "v0001")  # the service follows
     client = httpx.Client(base_url=live_server.url, headers=tokens.header("decide"), timeout=30)
     before = client.post(f"/v1/{NAME}/decide", json={"features": PROBE}).json()
     assert (before["source"], before["model_version"], before["act"]) == ("model", "v0001", True)
@@ -194,7 +194,7 @@ def test_retrains_from_recorded_outcomes_and_promotes(
     assert manifest.training.window_start is not None
     assert manifest.training.window_start <= manifest.training.window_end  # type: ignore[operator]
 
-    wait_for(lambda: state.engine.served_version(NAME) == "v0002")  # hot-swapped by its watcher
+    wait_for(lambda: state.decider.served_version(NAME) == "v0002")  # hot-swapped by its watcher
     after = client.post(f"/v1/{NAME}/decide", json={"features": PROBE}).json()
     assert (after["source"], after["model_version"], after["act"]) == ("model", "v0002", False)
     assert after["score"] < 0.5 < before["score"]

@@ -224,7 +224,7 @@ def test_each_process_runs_its_command(config: dict[str, Any]) -> None:
     assert _command(services["ai-service"]).startswith("aiassist serve --host 0.0.0.0")
     assert _command(services["model-daemon"]) == "aiassist daemon"
     assert _command(services["agent-worker"]).startswith(
-        "celery -A aiassist.integrations.celery_agent worker"
+        "celery -A aiassist.integrations.celery.agent worker"
     )
     assert services["agent-worker"]["image"] == services["ai-service"]["image"]
     assert _environment(services["ai-service"])["AIASSIST_AGENT_EXECUTOR"] == "celery"

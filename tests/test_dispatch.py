@@ -19,9 +19,14 @@ from prometheus_client import CollectorRegistry
 from sqlalchemy import select
 
 from aiassist import AIAssistService
-from aiassist.dispatch import DispatcherClosed, DispatcherFull, Job, PriorityDispatcher
 from aiassist.metrics import Metrics
 from aiassist.modules.priority import PriorityFeatures
+from aiassist.modules.priority.dispatch import (
+    DispatcherClosed,
+    DispatcherFull,
+    Job,
+    PriorityDispatcher,
+)
 from aiassist.settings import Settings
 from aiassist.store.db import make_engine
 from aiassist.store.models import DecisionRecord, OutcomeRecord
@@ -379,7 +384,7 @@ async def test_under_load_every_task_runs_once(service: AIAssistService) -> None
 def test_the_documented_example_runs(tmp_path: Path) -> None:
     text = (ROOT / "docs/modules.md").read_text()
     blocks = re.findall(r"```python\n(.*?)```", text, flags=re.S)
-    examples = [b for b in blocks if "aiassist.dispatch" in b]
+    examples = [b for b in blocks if "aiassist.modules.priority.dispatch" in b]
     assert examples
     for example in examples:
         result = subprocess.run(

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 
-from aiassist.engine import Engine
+from aiassist.decider import Decider
 from aiassist.metrics import Metrics
 
 from .conftest import LiveServer, Tokens
@@ -43,7 +43,7 @@ def test_module_example_is_a_working_module() -> None:
     namespace: dict[str, object] = {}
     exec(python_blocks("docs/modules.md")[1], namespace)
     module = namespace["module"]
-    engine = Engine([module], metrics=Metrics(CollectorRegistry()))  # type: ignore[list-item]
+    engine = Decider([module], metrics=Metrics(CollectorRegistry()))  # type: ignore[list-item]
     decision = engine.decide("churn", module.example)  # type: ignore[attr-defined]
     assert decision.reach_out is True and decision.source == "fallback"  # type: ignore[attr-defined]
 

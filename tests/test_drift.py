@@ -32,8 +32,8 @@ from aiassist.drift import (
     fields_of,
     verify_signature,
 )
-from aiassist.drift.asgi import DriftMiddleware
 from aiassist.drift.clients import ClientHints, client_identity
+from aiassist.integrations.asgi import DriftMiddleware
 from aiassist.metrics import Metrics
 from aiassist.store.audit import AuditLog
 from aiassist.store.db import make_engine, make_sessionmaker

@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 
-from aiassist.engine import Engine
+from aiassist.decider import Decider
 from aiassist.metrics import Metrics
 from aiassist.modules.reference import module
-from aiassist.registry.runtime import load_checked
+from aiassist.registry.serving import load_checked
 from aiassist.registry.store import ModelRegistry
 from aiassist.training.base import ExportedModel
 from aiassist.training.export import (
@@ -164,7 +164,7 @@ def test_the_export_serves_from_the_registry(
     assert got.shape == expected.shape
     np.testing.assert_allclose(got, expected, atol=1e-4)
 
-    engine = Engine([module], metrics=Metrics(CollectorRegistry()))
+    engine = Decider([module], metrics=Metrics(CollectorRegistry()))
     engine.load(module.name, predictor)
     row = eval_rows[5]
     decision = engine.decide(module.name, {"signal": float(row[0]), "threshold": float(row[1])})

@@ -311,7 +311,7 @@ def test_the_celery_recover_task_wakes_due_runs(sqlite_url: str, tmp_path: Path)
 
     import redis
 
-    from aiassist.integrations.celery_agent import RECOVER_TASK, make_app
+    from aiassist.integrations.celery.agent import RECOVER_TASK, make_app
     from aiassist.settings import Settings
 
     broker = "redis://127.0.0.1:6379/0"

@@ -142,12 +142,12 @@ def test_restart_keeps_callers_whole_and_reloads_the_model(
 def test_a_passing_refusal_is_retried(tmp_path: Path) -> None:
     """A version refused for a passing reason (here: its manifest unreadable for a moment)
     is checked again after `retry_seconds`; an operator's promote re-checks at once."""
-    from aiassist.engine import Engine
-    from aiassist.registry.runtime import ModelWatcher
+    from aiassist.decider import Decider
+    from aiassist.registry.serving import ModelWatcher
 
     version = publish_versions(tmp_path, 1)[0]
     registry = ModelRegistry(tmp_path)
-    engine = Engine(metrics=Metrics(CollectorRegistry()))
+    engine = Decider(metrics=Metrics(CollectorRegistry()))
     watcher = ModelWatcher(registry, engine, latency_budget_us=1e6, retry_seconds=3600)
     manifest = registry.version_dir("reference", version) / "manifest.json"
     saved = manifest.read_bytes()

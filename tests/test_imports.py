@@ -18,7 +18,7 @@ def loaded_after(code: str) -> set[str]:
 def test_serving_does_not_import_training() -> None:
     loaded = loaded_after(
         "from aiassist.server import create_app\n"
-        "from aiassist.registry.runtime import ModelWatcher\n"
+        "from aiassist.registry.serving import ModelWatcher\n"
         "import aiassist.modules.reference\n"
         "create_app()"
     )

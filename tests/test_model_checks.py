@@ -24,10 +24,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from aiassist.engine import Engine
+from aiassist.decider import Decider
 from aiassist.metrics import Metrics
 from aiassist.modules.reference import module
-from aiassist.registry.runtime import ModelRejected, ModelWatcher, load_checked
+from aiassist.registry.serving import ModelRejected, ModelWatcher, load_checked
 from aiassist.registry.store import MODEL_FILE, ModelRegistry
 from aiassist.server.app import _model_events
 from aiassist.settings import Settings
@@ -208,7 +208,7 @@ def test_a_good_model_loads_and_decides(registry: ModelRegistry) -> None:
     expected = [1 / (1 + math.exp(-8)), 1 / (1 + math.exp(8)), 0.5]
     assert out[:, 0] == pytest.approx(expected, abs=1e-6)  # float32
 
-    engine = Engine([module], metrics=Metrics(CollectorRegistry()))
+    engine = Decider([module], metrics=Metrics(CollectorRegistry()))
     assert engine.decide(NAME, {"signal": 2.0, "threshold": 0.0}).source == "fallback"
     engine.load(NAME, predictor)
     acts = engine.decide(NAME, {"signal": 2.0, "threshold": 0.0})
@@ -234,7 +234,7 @@ def test_a_trained_reference_model_loads_and_decides(registry: ModelRegistry) ->
         framework=exported.framework,
     )
     predictor = load_checked(registry, module, version, latency_budget_us=BUDGET_US)
-    engine = Engine([module], metrics=Metrics(CollectorRegistry()))
+    engine = Decider([module], metrics=Metrics(CollectorRegistry()))
     engine.load(NAME, predictor)
     high = engine.decide(NAME, {"signal": 2.5, "threshold": 0.0})
     low = engine.decide(NAME, {"signal": -2.5, "threshold": 0.0})
@@ -296,7 +296,7 @@ def test_a_manifest_of_another_module_is_refused(registry: ModelRegistry) -> Non
 @dataclass
 class Watched:
     registry: ModelRegistry
-    engine: Engine
+    engine: Decider
     watcher: ModelWatcher
     audit: AuditLog
     sessions: sessionmaker[Session]
@@ -318,7 +318,7 @@ def watched(registry: ModelRegistry, sqlite_url: str) -> Iterator[Watched]:
     sessions = make_sessionmaker(db)
     audit = AuditLog(sessions)
     metrics = Metrics(CollectorRegistry())
-    engine = Engine([module], metrics=metrics)
+    engine = Decider([module], metrics=metrics)
     watcher = ModelWatcher(
         registry, engine, latency_budget_us=BUDGET_US, on_event=_model_events(audit, metrics)
     )

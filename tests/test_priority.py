@@ -35,7 +35,7 @@ from aiassist.modules.priority.simulator import (
     simulate,
     summarize,
 )
-from aiassist.registry.runtime import OnnxPredictor, load_checked
+from aiassist.registry.serving import OnnxPredictor, load_checked
 from aiassist.registry.store import ModelRegistry
 from aiassist.settings import Settings
 
@@ -275,7 +275,7 @@ def test_the_daemon_retrains_priority_from_recorded_outcomes(settings: Settings)
         assert result.candidate_quality > result.baseline_quality  # type: ignore[operator]
         training = daemon.registry.manifest("priority", "v0002").training
         assert training is not None and training.source == "outcomes"
-        wait_for(lambda: service.engine.served_version("priority") == "v0002")
+        wait_for(lambda: service.decider.served_version("priority") == "v0002")
         assert service.decide("priority", run.features[rows[0]]).model_version == "v0002"
     finally:
         service.close()
@@ -355,7 +355,7 @@ def test_simulate_listed_tasks_under_the_served_model(
     _, exported = trained()
     registry = ModelRegistry(tmp_path)
     version = exported.publish(registry, module).version
-    engine = live_server.state.engine
+    engine = live_server.state.decider
     engine.load("priority", OnnxPredictor(registry.version_dir("priority", version) /
                 "model.onnx", registry.manifest("priority", version)))  # fmt: skip
     body = {"tasks": tasks, "workers": 1}

@@ -24,17 +24,11 @@ from aiassist import AIAssistService
 from aiassist.integrations.httpx import AsyncRetryTransport, RetryTransport
 from aiassist.modules.retry import RetryDecision, RetryFeatures
 from aiassist.modules.retry import module as retry_module
-from aiassist.retry import (
-    Backoff,
-    DownstreamTracker,
-    RetryableError,
-    RetryBudget,
-    RetryPolicy,
-    classify,
-    downstream,
-    smart_retry,
-)
-from aiassist.retry.errors import ErrorInfo, parse_retry_after
+from aiassist.modules.retry.budget import RetryBudget
+from aiassist.modules.retry.decorator import smart_retry
+from aiassist.modules.retry.errors import ErrorInfo, RetryableError, classify, parse_retry_after
+from aiassist.modules.retry.policy import Backoff, RetryPolicy, downstream
+from aiassist.modules.retry.tracker import DownstreamTracker
 from aiassist.settings import Settings
 from aiassist.store.models import DecisionRecord, OutcomeRecord
 from tests.conftest import LiveServer, free_port, wait_for
@@ -462,17 +456,17 @@ def test_module_over_http(live_server: LiveServer, tokens: Any) -> None:
 def test_trained_model_serves(tmp_path: Path) -> None:
     from prometheus_client import CollectorRegistry
 
-    from aiassist.engine import Engine
+    from aiassist.decider import Decider
     from aiassist.metrics import Metrics
     from aiassist.modules.retry.training import trainer
-    from aiassist.registry.runtime import load_checked
+    from aiassist.registry.serving import load_checked
     from aiassist.registry.store import ModelRegistry
 
     data = trainer.synthetic(3000, 3)
     assert len(data) == 3000 and 0 < data.y.mean() < 1
     registry = ModelRegistry(tmp_path / "models")
     version = trainer.fit(data, 3).publish(registry, retry_module).version  # parity checked
-    engine = Engine([retry_module], metrics=Metrics(CollectorRegistry()))
+    engine = Decider([retry_module], metrics=Metrics(CollectorRegistry()))
     engine.load("retry", load_checked(registry, retry_module, version, latency_budget_us=1e6))
     decision = engine.decide("retry", retry_module.example)
     assert decision.source == "model" and decision.model_version == version
@@ -493,7 +487,7 @@ def test_daemon_bootstraps_then_retrains_from_recorded_outcomes(
 
     from aiassist.metrics import Metrics
     from aiassist.modules.retry.simulator import ModulePolicy, WorldSpec, generate, simulate
-    from aiassist.registry.runtime import load_checked
+    from aiassist.registry.serving import load_checked
     from aiassist.registry.store import ModelRegistry
     from aiassist.store.audit import AuditLog
     from aiassist.store.db import make_engine, make_sessionmaker
@@ -514,7 +508,7 @@ def test_daemon_bootstraps_then_retrains_from_recorded_outcomes(
 
         ai = AIAssistService(settings, metrics=Metrics(CollectorRegistry()))
         assert first.version is not None
-        ai.engine.load("retry", load_checked(registry, retry_module, first.version,
+        ai.decider.load("retry", load_checked(registry, retry_module, first.version,
                                              latency_budget_us=1e6))  # fmt: skip
 
         def decide(features: list[RetryFeatures]) -> list[RetryDecision]:

@@ -12,7 +12,7 @@ from prometheus_client import CollectorRegistry
 from sqlalchemy import func, select
 
 from aiassist import AIAssistService, UnknownModuleError
-from aiassist.engine import Engine
+from aiassist.decider import Decider
 from aiassist.metrics import Metrics
 from aiassist.modules.reference import ReferenceFeatures
 from aiassist.settings import Settings
@@ -44,7 +44,7 @@ def metrics() -> Metrics:
 
 
 def test_engine_uses_the_model_and_names_its_version(metrics: Metrics) -> None:
-    engine = Engine(metrics=metrics)
+    engine = Decider(metrics=metrics)
     assert engine.decide("reference", {"signal": 3.0}).source == "fallback"
     engine.load("reference", LinearModel())
     decision = engine.decide("reference", {"signal": 3.0, "threshold": 1.0})
@@ -56,7 +56,7 @@ def test_engine_uses_the_model_and_names_its_version(metrics: Metrics) -> None:
 
 
 def test_a_failing_model_never_surfaces(metrics: Metrics) -> None:
-    engine = Engine(metrics=metrics)
+    engine = Decider(metrics=metrics)
     engine.load("reference", BrokenModel())
     decisions = engine.decide_many("reference", [{"signal": 3.0}, {"signal": -1.0}])
     assert [d.source for d in decisions] == ["fallback", "fallback"]
@@ -71,7 +71,7 @@ def test_a_failing_model_never_surfaces(metrics: Metrics) -> None:
 
 
 def test_engine_accepts_models_dicts_and_other_pydantic_models(metrics: Metrics) -> None:
-    engine = Engine(metrics=metrics)
+    engine = Decider(metrics=metrics)
     features = ReferenceFeatures(signal=1.0)
     assert engine.features("reference", features) is features
     assert engine.features("reference", {"signal": 1.0}) == features
@@ -79,7 +79,7 @@ def test_engine_accepts_models_dicts_and_other_pydantic_models(metrics: Metrics)
 
 def test_unknown_module_is_a_clear_error(metrics: Metrics) -> None:
     with pytest.raises(UnknownModuleError, match=r"unknown module 'nope'; available: .*reference"):
-        Engine(metrics=metrics).decide("nope", {})
+        Decider(metrics=metrics).decide("nope", {})
 
 
 @pytest.fixture
@@ -177,7 +177,7 @@ def test_local_mode_serves_the_stable_model_on_the_volume(tmp_path: Path, metric
         assert daemon.train("reference", synthetic=True, rows=2000, reason="test").action == (
             "promoted"
         )
-        wait_for(lambda: service.engine.served_version("reference") == "v0001")
+        wait_for(lambda: service.decider.served_version("reference") == "v0001")
         decision = service.decide("reference", {"signal": 1.0})
         assert (decision.source, decision.model_version) == ("model", "v0001")
         swaps = metrics.registry.get_sample_value(
@@ -192,7 +192,7 @@ def test_local_mode_serves_the_stable_model_on_the_volume(tmp_path: Path, metric
                 if service.decide("reference", {"signal": 1.0}).source == "model":
                     deadline = time.monotonic() + 20
                     while time.monotonic() < deadline and code:
-                        if service.engine.served_version("reference") is None:
+                        if service.decider.served_version("reference") is None:
                             code = 0
                         time.sleep(0.02)
             finally:
@@ -200,7 +200,7 @@ def test_local_mode_serves_the_stable_model_on_the_volume(tmp_path: Path, metric
         daemon.registry.set_tag("reference", "stable", None, actor="test", reason="unload")
         _, status = os.waitpid(pid, 0)
         assert os.waitstatus_to_exitcode(status) == 0
-        wait_for(lambda: service.engine.served_version("reference") is None)
+        wait_for(lambda: service.decider.served_version("reference") is None)
         assert service.decide("reference", {"signal": 1.0}).source == "fallback"
     finally:
         service.close()

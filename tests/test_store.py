@@ -11,7 +11,7 @@ from prometheus_client import CollectorRegistry
 from sqlalchemy import create_engine, func, select, text
 from sqlalchemy.engine import make_url
 
-from aiassist.engine import Engine
+from aiassist.decider import Decider
 from aiassist.metrics import Metrics
 from aiassist.store import db
 from aiassist.store.audit import AuditLog
@@ -83,7 +83,7 @@ def test_recorder_stores_decisions_in_batches(db_url: str) -> None:
     db = make_engine(db_url)
     metrics = Metrics(CollectorRegistry())
     recorder = DecisionRecorder(db, metrics, flush_seconds=0.05, batch_size=50)
-    engine = Engine(metrics=metrics, on_decision=recorder)
+    engine = Decider(metrics=metrics, on_decision=recorder)
     decisions = engine.decide_many("reference", [{"signal": i / 10} for i in range(120)])
     recorder.flush()
     with make_sessionmaker(db)() as session:
@@ -101,7 +101,7 @@ def test_recorder_drops_and_counts_when_full(sqlite_url: str) -> None:
     db = make_engine(sqlite_url)
     metrics = Metrics(CollectorRegistry())
     recorder = DecisionRecorder(db, metrics, max_queue=10, flush_seconds=0.01, batch_size=1)
-    engine = Engine(metrics=metrics, on_decision=recorder)
+    engine = Decider(metrics=metrics, on_decision=recorder)
     blocker = make_engine(sqlite_url).raw_connection()
     blocker.execute("BEGIN EXCLUSIVE")  # the database is stuck: the recorder cannot write
     try:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from aiassist.agent.service import load_object
+from aiassist.agent.assembly import load_object
 from aiassist.agent.tools import ToolSet
 
 TOOLS = '''

@@ -235,7 +235,7 @@ class Settings(BaseSettings):
         "inprocess",
         description="Who drives agent runs and flows: the process that started them "
         "(inprocess), or Celery workers (celery: set celery_broker_url and start "
-        "`celery -A aiassist.integrations.celery_agent worker`).",
+        "`celery -A aiassist.integrations.celery.agent worker`).",
     )
     agent_queue: str = Field(
         "aiassist-agent",

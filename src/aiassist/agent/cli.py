@@ -48,7 +48,7 @@ def _settings() -> Settings:
 
 
 def _runtime() -> Any:
-    from aiassist.agent.service import build_runtime
+    from aiassist.agent.assembly import build_runtime
     from aiassist.store.db import make_engine, make_sessionmaker
 
     settings = _settings()

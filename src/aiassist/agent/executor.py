@@ -1,5 +1,5 @@
 """Who drives a run once it exists: this process, or a pool of Celery workers
-(`aiassist.integrations.celery_agent.CeleryExecutor`).
+(`aiassist.integrations.celery.agent.CeleryExecutor`).
 
     run_id = await runtime.create(task, principal=p, tools=[...], provider="flow", ...)
     await executor.submit(run_id)   # returns at once; the run goes on elsewhere

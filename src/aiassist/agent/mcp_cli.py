@@ -45,8 +45,8 @@ def serve(
     """Serve the configured tools (AIASSIST_AGENT_TOOLS) under the agent's policy."""
     import anyio
 
+    from aiassist.agent.assembly import build_runtime
     from aiassist.agent.mcp_server import REQUIRED_SCOPE, MCPToolServer
-    from aiassist.agent.service import build_runtime
     from aiassist.settings import SettingsError, load_settings
     from aiassist.store.db import make_engine, make_sessionmaker
     from aiassist.store.keys import KeyStore

@@ -3,7 +3,7 @@ rise of a field's missing rate (or a type change) on a new version with a sequen
 against the stable version, switch the drifting version back to the stable one, and alert.
 
 - `DriftGuard` / `DriftConfig`: one per backend process (`guard.py`);
-- `aiassist.drift.asgi.DriftMiddleware` (FastAPI, Starlette) and
+- `aiassist.integrations.asgi.DriftMiddleware` (FastAPI, Starlette) and
   `aiassist.integrations.django.drift.DriftMiddleware` feed it and honour its switches;
 - `DriftDetector`: the Bernoulli CUSUM tests (`detector.py`), usable on their own;
 - `client_identity`: who sent a request, from its credentials or user agent (`clients.py`);

@@ -26,8 +26,8 @@ from typing import Any, Final
 
 import httpx
 
-from aiassist.retry.errors import RETRYABLE_STATUSES, ErrorInfo, classify, classify_status
-from aiassist.retry.policy import RetryCall, RetryPlan, RetryPolicy
+from aiassist.modules.retry.errors import RETRYABLE_STATUSES, ErrorInfo, classify, classify_status
+from aiassist.modules.retry.policy import RetryCall, RetryPlan, RetryPolicy
 
 __all__ = ["IDEMPOTENT_METHODS", "AsyncRetryTransport", "RetryTransport"]
 

@@ -51,7 +51,7 @@ class Outcome(BaseModel):
 class Decision(BaseModel):
     """The answer to one decision request; subclasses add the module's own fields.
 
-    The engine stamps `decision_id`, `source` and `model_version`: modules only fill
+    The decider stamps `decision_id`, `source` and `model_version`: modules only fill
     in the domain fields and the explanation.
     """
 

@@ -19,14 +19,14 @@ from typing import TYPE_CHECKING, Any, ClassVar, Self, TypeVar, overload
 
 from pydantic import BaseModel
 
-from aiassist.engine import Engine
+from aiassist.decider import Decider
 from aiassist.metrics import Metrics, default_metrics
 from aiassist.modules import AnyModule, Decision, Features, Module, Outcome
 from aiassist.sdk.remote import RemoteClient, ServiceUnavailable
 from aiassist.settings import Settings, load_settings
 
 if TYPE_CHECKING:
-    from aiassist.registry.runtime import ModelWatcher
+    from aiassist.registry.serving import ModelWatcher
 
 __all__ = ["AIAssistService"]
 
@@ -51,15 +51,15 @@ class AIAssistService:
     def __init__(self, settings: Settings | None = None, *, metrics: Metrics | None = None) -> None:
         self.settings = settings or load_settings()
         self.metrics = metrics or default_metrics()
-        self.engine = Engine(metrics=self.metrics)
+        self.decider = Decider(metrics=self.metrics)
         self._remote = RemoteClient(self.settings) if self.settings.mode == "remote" else None
         self._store: _LocalStore | None = None
         self._models: ModelWatcher | None = None
         if self._remote is None:
-            self._models = _follow_models(self.settings, self.engine, self.metrics)
+            self._models = _follow_models(self.settings, self.decider, self.metrics)
             if self.settings.record_decisions:
                 self._store = _LocalStore(self.settings, self.metrics)
-                self.engine.on_decision = self._store.record_decision
+                self.decider.on_decision = self._store.record_decision
         _live.add(self)
 
     # --- the singleton -----------------------------------------------------------------
@@ -134,7 +134,7 @@ class AIAssistService:
     ) -> list[Any]:  # list[D] for a module object, see the overloads
         name = _name(module)
         if self._remote is None:
-            return self.engine.decide_many(name, batch)
+            return self.decider.decide_many(name, batch)
         mod, items = self._validated(name, batch)
         try:
             decisions = self._remote.decide_many(mod, items)
@@ -175,7 +175,7 @@ class AIAssistService:
     ) -> list[Any]:  # list[D] for a module object, see the overloads
         name = _name(module)
         if self._remote is None:
-            return self.engine.decide_many(name, batch)  # microseconds: no thread hop
+            return self.decider.decide_many(name, batch)  # microseconds: no thread hop
         mod, items = self._validated(name, batch)
         try:
             decisions = await self._remote.adecide_many(mod, items)
@@ -262,10 +262,10 @@ class AIAssistService:
     def _validated(
         self, module: str, batch: Sequence[RawFeatures]
     ) -> tuple[AnyModule, list[Features]]:
-        return self.engine.module(module), [self.engine.features(module, f) for f in batch]
+        return self.decider.module(module), [self.decider.features(module, f) for f in batch]
 
     def _outcome(self, module: ModuleRef, outcome: RawOutcome) -> tuple[AnyModule, Outcome]:
-        mod = self.engine.module(_name(module))
+        mod = self.decider.module(_name(module))
         if isinstance(outcome, mod.Outcome):
             return mod, outcome
         if isinstance(outcome, BaseModel):
@@ -290,17 +290,17 @@ class AIAssistService:
             self.metrics.decisions.labels(mod.name, d.source).inc()
 
 
-def _follow_models(settings: Settings, engine: Engine, metrics: Metrics) -> ModelWatcher | None:
+def _follow_models(settings: Settings, decider: Decider, metrics: Metrics) -> ModelWatcher | None:
     """Local mode serves the models on the volume as the service does: the `stable` version
     of every module, checked before it serves, swapped when the daemon moves the tag.
     Without onnxruntime (the light SDK) the rules answer."""
     try:
-        from aiassist.registry.runtime import ModelWatcher
+        from aiassist.registry.serving import ModelWatcher
     except ImportError:  # pragma: no cover - depends on the installed extras
         log.warning("local mode: onnxruntime is not installed, the modules' rules answer")
         return None
 
-    watcher = ModelWatcher.for_settings(settings, engine, metrics.count_model_event)
+    watcher = ModelWatcher.for_settings(settings, decider, metrics.count_model_event)
     watcher.start()
     return watcher
 

@@ -1,4 +1,4 @@
-"""The inference service: a FastAPI app over one `Engine`, with storage, keys and metrics.
+"""The inference service: a FastAPI app over one `Decider`, with storage, keys and metrics.
 
 `create_app()` builds everything from `Settings`; the lifespan opens the database and the
 decision recorder and closes them (draining buffered decisions) on shutdown.
@@ -21,16 +21,17 @@ from fastapi.exception_handlers import request_validation_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from sqlalchemy import Engine as DbEngine
-from sqlalchemy import text
+from sqlalchemy import Engine, text
 from starlette.responses import Response
 
 from aiassist.__about__ import __version__
 from aiassist.agent.automation import AutomationConfig
 from aiassist.agent.tools import ToolSet
-from aiassist.engine import Engine
+from aiassist.decider import Decider
+from aiassist.drift.api import drift_router
 from aiassist.metrics import Metrics
-from aiassist.registry.runtime import ModelWatcher
+from aiassist.modules.priority.api import priority_router
+from aiassist.registry.serving import ModelWatcher
 from aiassist.registry.store import ModelRegistry
 from aiassist.server.auth import require
 from aiassist.server.middleware import BodyLimitMiddleware, MetricsMiddleware
@@ -42,10 +43,8 @@ from aiassist.server.routers.decisions import (
     module_router,
     unknown_module_router,
 )
-from aiassist.server.routers.drift import drift_router
 from aiassist.server.routers.flows import flows_router
 from aiassist.server.routers.models import models_router
-from aiassist.server.routers.priority import priority_router
 from aiassist.settings import Settings, load_settings
 from aiassist.store.audit import AuditLog
 from aiassist.store.db import make_engine, make_sessionmaker
@@ -69,10 +68,10 @@ Authenticate with an API key (`aiassist keys create`) as `Authorization: Bearer 
 @dataclass
 class ServiceState:
     settings: Settings
-    db: DbEngine
+    db: Engine
     keys: KeyStore
     audit: AuditLog
-    engine: Engine
+    decider: Decider
     metrics: Metrics
     recorder: DecisionRecorder | None
     registry: ModelRegistry
@@ -92,7 +91,7 @@ async def _anchor_every(audit: AuditLog, seconds: float) -> None:
 def create_app(settings: Settings | None = None, *, agent_tools: ToolSet | None = None) -> FastAPI:
     settings = settings or load_settings()
     metrics = Metrics(CollectorRegistry())
-    engine = Engine(metrics=metrics)
+    decider = Decider(metrics=metrics)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -106,15 +105,15 @@ def create_app(settings: Settings | None = None, *, agent_tools: ToolSet | None 
                 max_queue=settings.record_queue_size,
                 flush_seconds=settings.record_flush_seconds,
             )
-            engine.on_decision = recorder
+            decider.on_decision = recorder
         audit = AuditLog(sessions)
-        watcher = ModelWatcher.for_settings(settings, engine, _model_events(audit, metrics))
+        watcher = ModelWatcher.for_settings(settings, decider, _model_events(audit, metrics))
         app.state.aiassist = ServiceState(
             settings=settings,
             db=db,
             keys=KeyStore(sessions, cache_seconds=settings.key_cache_seconds),
             audit=audit,
-            engine=engine,
+            decider=decider,
             metrics=metrics,
             recorder=recorder,
             registry=watcher.registry,
@@ -130,7 +129,7 @@ def create_app(settings: Settings | None = None, *, agent_tools: ToolSet | None 
         finally:
             anchoring.cancel()
             await run_in_threadpool(watcher.stop)
-            engine.on_decision = None
+            decider.on_decision = None
             if recorder is not None:
                 await run_in_threadpool(recorder.close)
             db.dispose()
@@ -168,9 +167,9 @@ def create_app(settings: Settings | None = None, *, agent_tools: ToolSet | None 
     async def readyz(request: Request) -> JSONResponse:
         state: ServiceState = request.app.state.aiassist
         modules: dict[str, dict[str, Any]] = {}
-        for name in state.engine.modules:
+        for name in state.decider.modules:
             served = state.watcher.served.get(name)
-            modules[name] = {"model_version": state.engine.served_version(name)}
+            modules[name] = {"model_version": state.decider.served_version(name)}
             if served is not None and served.error:
                 modules[name]["refused"] = {"version": served.refused, "error": served.error}
         try:
@@ -195,7 +194,7 @@ def create_app(settings: Settings | None = None, *, agent_tools: ToolSet | None 
         responses=AUTH_RESPONSES,
         dependencies=[Depends(require("decide"))],
     )
-    for module in engine.modules.values():
+    for module in decider.modules.values():
         app.include_router(module_router(module))
     app.include_router(models_router())
     app.include_router(priority_router())
@@ -219,6 +218,6 @@ def _model_events(audit: AuditLog, metrics: Metrics) -> Callable[[str, str, dict
     return record
 
 
-def _ping(db: DbEngine) -> None:
+def _ping(db: Engine) -> None:
     with db.connect() as conn:
         conn.execute(text("SELECT 1"))

@@ -24,7 +24,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from sqlalchemy import Engine as DbEngine
 
 from aiassist.modules import AnyModule, Features
-from aiassist.registry.runtime import ModelRejected, OnnxPredictor, load_checked
+from aiassist.registry.serving import ModelRejected, OnnxPredictor, load_checked
 from aiassist.registry.store import Manifest, ModelRegistry, TrainingInfo
 from aiassist.settings import Settings
 from aiassist.store.audit import AuditLog

@@ -11,7 +11,7 @@ latency, calls in flight, 429/503 rates, failure streak, time since its last suc
 
 The model estimates P(recovery within the wait): the probability that a retry made after
 `wait_s` succeeds. It retries only when that is at least `threshold` (0.7 by default). The
-callers (`aiassist.retry`) ask about a few candidate waits at once and take the shortest
+callers (`policy.py`, `decorator.py`) ask about a few candidate waits at once and take the shortest
 one worth it, and they put every retry behind a retry budget that no answer can override.
 
 The rule fallback is what a careful client does without a model: retry every error that is

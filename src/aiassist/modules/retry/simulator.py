@@ -47,10 +47,16 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from aiassist.modules.retry import RetryDecision, RetryFeatures
 from aiassist.modules.retry import module as retry_module
-from aiassist.retry.budget import RetryBudget
-from aiassist.retry.errors import ErrorInfo
-from aiassist.retry.policy import Backoff, Downstream, RetryCall, RetryPolicy, retry_features
-from aiassist.retry.tracker import DownstreamTracker
+from aiassist.modules.retry.budget import RetryBudget
+from aiassist.modules.retry.errors import ErrorInfo
+from aiassist.modules.retry.policy import (
+    Backoff,
+    Downstream,
+    RetryCall,
+    RetryPolicy,
+    retry_features,
+)
+from aiassist.modules.retry.tracker import DownstreamTracker
 
 __all__ = [
     "KINDS",

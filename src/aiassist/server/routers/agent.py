@@ -21,11 +21,11 @@ from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, ConfigDict, Field
 
 from aiassist.agent.approvals import ApprovalConflict
+from aiassist.agent.assembly import build_runtime
 from aiassist.agent.executor import Executor, InProcessExecutor, submit_orphaned, wait_settled
 from aiassist.agent.flows import Flow
 from aiassist.agent.runs import ApprovalInfo, RunInfo, RunNotFound
 from aiassist.agent.runtime import NoProvider, Runtime
-from aiassist.agent.service import build_runtime
 from aiassist.agent.tools import ToolSet
 from aiassist.server.auth import require
 from aiassist.server.routers.decisions import AUTH_RESPONSES
@@ -303,7 +303,7 @@ def executor_from_settings(settings: Settings, runtime: Runtime) -> Executor:
             "(e.g. amqp://guest:guest@127.0.0.1:5672//)"
         )
     try:
-        from aiassist.integrations.celery_agent import CeleryExecutor, make_app
+        from aiassist.integrations.celery.agent import CeleryExecutor, make_app
     except ImportError as exc:
         raise SettingsError(
             f"AIASSIST_AGENT_EXECUTOR=celery needs the celery extra: {exc}"

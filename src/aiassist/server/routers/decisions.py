@@ -96,11 +96,11 @@ def module_router(module: AnyModule) -> APIRouter:
         body: Annotated[decide_body, Body(openapi_examples=examples)],  # type: ignore[valid-type]
         _: Principal = Depends(require("decide")),
     ) -> Response:
-        engine = request.app.state.aiassist.engine
+        decider = request.app.state.aiassist.decider
         if body.features is not None:  # type: ignore[attr-defined]
-            decision = engine.decide(module.name, body.features)  # type: ignore[attr-defined]
+            decision = decider.decide(module.name, body.features)  # type: ignore[attr-defined]
             return Response(decision.model_dump_json(), media_type=_JSON)
-        decisions = engine.decide_many(module.name, body.batch)  # type: ignore[attr-defined]
+        decisions = decider.decide_many(module.name, body.batch)  # type: ignore[attr-defined]
         return Response(b'{"decisions":' + many.dump_json(decisions) + b"}", media_type=_JSON)
 
     outcome_examples = (
@@ -165,10 +165,10 @@ def unknown_module_router() -> APIRouter:
 
 
 async def list_modules(request: Request) -> list[ModuleInfo]:
-    engine = request.app.state.aiassist.engine
+    decider = request.app.state.aiassist.decider
     infos = []
-    for name, module in engine.modules.items():
-        version = engine.served_version(name)
+    for name, module in decider.modules.items():
+        version = decider.served_version(name)
         infos.append(
             ModuleInfo(
                 name=name,

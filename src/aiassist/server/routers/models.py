@@ -65,7 +65,7 @@ def models_router() -> APIRouter:
     @router.get("", summary="Every module's tags and the version each serves")
     def list_models(request: Request) -> list[Serving]:
         state = request.app.state.aiassist
-        return [_serving(state, name) for name in state.engine.modules]
+        return [_serving(state, name) for name in state.decider.modules]
 
     @router.get("/{module}", summary="A module's versions, tags, verdicts and tag history")
     def show(module: str, request: Request) -> ModuleModels:
@@ -76,7 +76,7 @@ def models_router() -> APIRouter:
         return ModuleModels(
             module=module,
             tags=registry.tags(module),
-            serving=state.engine.served_version(module),
+            serving=state.decider.served_version(module),
             versions=[registry.manifest(module, v) for v in versions],
             verdicts={v: d for v in versions if (d := registry.verdict(module, v)) is not None},
             history=registry.history(module),
@@ -122,8 +122,8 @@ def models_router() -> APIRouter:
 
 
 def _known(state: Any, module: str) -> None:
-    if module not in state.engine.modules:
-        known = ", ".join(state.engine.modules)
+    if module not in state.decider.modules:
+        known = ", ".join(state.decider.modules)
         raise HTTPException(
             status.HTTP_404_NOT_FOUND, f"unknown module {module!r}; available: {known}"
         )
@@ -158,7 +158,7 @@ def _serving(state: Any, module: str) -> Serving:
     served = state.watcher.served.get(module)
     return Serving(
         module=module,
-        serving=state.engine.served_version(module),
+        serving=state.decider.served_version(module),
         refused=served.refused if served else None,
         error=served.error if served else None,
     )

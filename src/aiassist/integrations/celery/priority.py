@@ -4,7 +4,7 @@ start higher-scored tasks first, and record when each task really started and fi
 Three parts, used together::
 
     from celery import Celery
-    from aiassist.integrations.celery import PrioritizedTask, configure_priority, enqueue
+    from aiassist.integrations.celery.priority import PrioritizedTask, configure_priority, enqueue
 
     app = Celery("shop", broker="amqp://guest:guest@127.0.0.1:5672//")
     configure_priority(app)  # broker settings + outcome recording on the workers
