@@ -132,8 +132,12 @@ class Calls:
                 state, step, call.id, tool, arguments, verdict, resumed=False
             )
         status = CallStatus(record.status)
-        if status is CallStatus.WAITING_APPROVAL:
-            await on(self.db_in_thread, self.store.set_waiting, state.run.id)
+        if status is CallStatus.WAITING_APPROVAL:  # found so on resuming: it waits again
+
+            def wait(unit: Unit) -> None:
+                unit.let_go(RunStatus.WAITING_APPROVAL)
+
+            await on(self.db_in_thread, self.store.write, state, wait)
             return False
         tool = self.tools.get(record.tool)
         if status in (CallStatus.APPROVED, CallStatus.STARTED):

@@ -185,10 +185,7 @@ class Runtime:
         #: The flows this process can play, by name (a run names its flow; see `start_flow`).
         self.flows: dict[str, Flow] = dict(flows or {})
         self.default_provider = default_provider
-        self.rate_limiter = rate_limiter or MemoryRateLimiter()
         self.redact = redactor or Redactor()
-        self.tool_timeout = tool_timeout
-        self.rate_limit_wait = rate_limit_wait
         self.lease_seconds = lease_seconds
         self.system_prompt = system_prompt
         self.db_in_thread = (
@@ -205,7 +202,7 @@ class Runtime:
             tools,
             self.policy,
             self.redact,
-            self.rate_limiter,
+            rate_limiter or MemoryRateLimiter(),
             self._leased,
             tool_timeout=tool_timeout,
             rate_limit_wait=rate_limit_wait,

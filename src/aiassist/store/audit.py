@@ -208,20 +208,21 @@ class AuditLog:
                 .limit(1)
             )
             since = int(last["upto"]) if last else 0
-            grown = session.execute(
-                select(AuditEvent.chain, func.max(AuditEvent.seq), func.max(AuditEvent.id))
+            grown = (
+                select(AuditEvent.chain, func.max(AuditEvent.seq).label("seq"))
                 .where(AuditEvent.id > since, AuditEvent.chain != ANCHOR_CHAIN)
                 .group_by(AuditEvent.chain)
-            ).all()
-            if not grown:
-                return 0
-            heads: dict[str, list[Any]] = {}
-            for chain, seq, _ in grown:
-                digest = session.scalar(
-                    select(AuditEvent.hash).where(AuditEvent.chain == chain, AuditEvent.seq == seq)
+                .subquery()
+            )
+            rows = session.execute(
+                select(AuditEvent.chain, AuditEvent.seq, AuditEvent.hash, AuditEvent.id).join(
+                    grown, (AuditEvent.chain == grown.c.chain) & (AuditEvent.seq == grown.c.seq)
                 )
-                heads[chain] = [seq, digest]
-        upto = max(top for _, _, top in grown)
+            ).all()
+        if not rows:
+            return 0
+        heads = {chain: [seq, digest] for chain, seq, digest, _ in rows}
+        upto = max(top for *_, top in rows)
         self.append_many(
             [("audit.anchor", f"{len(heads)} chains", {"upto": upto, "heads": heads})],
             actor="audit",

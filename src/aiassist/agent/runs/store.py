@@ -57,6 +57,7 @@ _NOT_DURABLE = "SET LOCAL synchronous_commit TO OFF"
 # names are SQLAlchemy's own in a SET clause)
 _INSERT_MESSAGES = insert(AgentMessage).inline()
 _INSERT_CALL = insert(AgentToolCall).inline()
+_INSERT_APPROVAL = insert(AgentApproval).inline()
 _STORE_TURN = (
     update(AgentRun)
     .where(AgentRun.id == bindparam("p_run"))
@@ -162,7 +163,7 @@ class Unit:
         )
 
     def add_approval(self, row: AgentApproval) -> None:
-        self.connection.execute(insert(AgentApproval).inline(), _row(row))
+        self.connection.execute(_INSERT_APPROVAL, _row(row))
 
     def store_turn(
         self, steps: int, input_tokens: int, output_tokens: int, cost: float, lease: float
@@ -582,13 +583,4 @@ class RunStore:
                 update(AgentRun)
                 .where(AgentRun.id == run_id, AgentRun.lease_owner == owner)
                 .values(lease_owner=None, lease_until=None)
-            )
-
-    def set_waiting(self, run_id: str) -> None:
-        """A run found with a call waiting for a person waits again, unleased."""
-        with self.sessions.begin() as session:
-            session.execute(
-                update(AgentRun)
-                .where(AgentRun.id == run_id)
-                .values(status=RunStatus.WAITING_APPROVAL, lease_owner=None, lease_until=None)
             )
