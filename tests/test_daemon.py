@@ -3,6 +3,10 @@ bootstrap from the simulator, retrain from outcomes, promote or reject on held-o
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -16,7 +20,7 @@ from sqlalchemy import select
 from typer.testing import CliRunner
 
 from aiassist import AIAssistService
-from aiassist.cli import app
+from aiassist.cli import _stop_child, app
 from aiassist.metrics import Metrics
 from aiassist.modules.reference import module
 from aiassist.registry.store import MODEL_FILE, ModelRegistry
@@ -347,3 +351,27 @@ def test_cli_train_and_models(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
         db.dispose()
     assert check.ok, check.reason
     assert kinds == ["model.trained", "model.promoted", "model.tag_moved", "model.rolled_back"]
+
+
+def test_a_stop_ends_a_pass_between_modules(daemon: Daemon) -> None:
+    """SIGTERM sets the stop; the pass ends before the next module instead of training it."""
+    stop = threading.Event()
+    stop.set()
+    assert daemon.daemon.run_once(stop=stop) == []
+    assert daemon.registry.versions(NAME) == []
+
+
+def test_up_kills_a_daemon_that_outlives_its_grace() -> None:
+    """A daemon deep in a training that ignores SIGTERM still ends with `aiassist up`."""
+    child = subprocess.Popen(
+        [sys.executable, "-c", _IGNORES_SIGTERM], stdout=subprocess.PIPE, text=False
+    )
+    assert child.stdout is not None and child.stdout.readline() == b"ready\n"
+    _stop_child(child, grace=0.5)
+    assert child.returncode == -signal.SIGKILL
+
+
+_IGNORES_SIGTERM = (
+    "import signal; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+    "print('ready', flush=True); signal.pause()"
+)

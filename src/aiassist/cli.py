@@ -167,8 +167,7 @@ def up(
         _serve(settings, host, port, settings.workers)
     finally:
         if daemon is not None:
-            daemon.terminate()
-            daemon.wait(15)
+            _stop_child(daemon)
         if running is not None:
             running.stop()
 
@@ -204,6 +203,16 @@ def _start_daemon() -> subprocess.Popen[bytes] | None:
     return subprocess.Popen(
         [sys.executable, "-m", "aiassist", "daemon"], preexec_fn=_die_with_parent
     )
+
+
+def _stop_child(child: subprocess.Popen[bytes], grace: float = 15) -> None:
+    """SIGTERM, then SIGKILL after `grace` seconds: a training cut short is redone next pass."""
+    child.terminate()
+    try:
+        child.wait(grace)
+    except subprocess.TimeoutExpired:
+        child.kill()
+        child.wait()
 
 
 def _die_with_parent() -> None:

@@ -87,12 +87,17 @@ class ModelDaemon:
     def run_forever(self, stop: threading.Event) -> None:
         log.info("model daemon watching %s", self.registry.root)
         while not stop.is_set():
-            self.run_once()
+            self.run_once(stop=stop)
             stop.wait(self.settings.daemon_poll_seconds)
 
-    def run_once(self, *, now: float | None = None) -> list[CycleResult]:
+    def run_once(
+        self, *, now: float | None = None, stop: threading.Event | None = None
+    ) -> list[CycleResult]:
+        """One pass over the modules; a stop asked for ends it between two modules."""
         results = []
         for name in self.modules:
+            if stop is not None and stop.is_set():
+                break
             try:
                 results.append(self.maybe_train(name, now=now))
             except Exception as exc:  # one module's failure must not stop the others
