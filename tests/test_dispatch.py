@@ -76,18 +76,31 @@ def stored(service: AIAssistService) -> tuple[int, dict[str, dict[str, Any]]]:
     return decisions, {decision_id: outcome for decision_id, outcome in rows}
 
 
+async def occupy(dispatcher: PriorityDispatcher, workers: int = 1) -> asyncio.Event:
+    """Keep `workers` workers busy until the returned gate is set; return once they are."""
+    gate = asyncio.Event()
+
+    async def hold(started: asyncio.Event) -> None:
+        started.set()
+        await gate.wait()
+
+    for _ in range(workers):
+        started = asyncio.Event()
+        await dispatcher.submit(hold, started)
+        await started.wait()
+    return gate
+
+
 async def start_order(service: AIAssistService) -> tuple[list[str], list[Job[str]]]:
     """Queue N tasks of each class behind one busy worker, interleaved; return start order."""
     order: list[str] = []
-    gate = asyncio.Event()
 
     async def task(label: str) -> str:
         order.append(label)
         return label
 
     async with PriorityDispatcher(service, workers=1, horizon=60) as dispatcher:
-        await dispatcher.submit(gate.wait)
-        await asyncio.sleep(0.01)  # the only worker is busy: everything else queues
+        gate = await occupy(dispatcher)  # the only worker is busy: everything else queues
         jobs = [
             await dispatcher.submit(task, f"{kind}-{i}", features=features)
             for i in range(N)
@@ -183,7 +196,6 @@ async def test_a_deadline_close_to_its_latest_start_is_rescued(
     service: AIAssistService, rescue: float
 ) -> None:
     started: list[str] = []
-    gate = asyncio.Event()
 
     async def task(label: str) -> None:
         started.append(label)
@@ -192,8 +204,7 @@ async def test_a_deadline_close_to_its_latest_start_is_rescued(
     important = {"task_type": "vip", "business_weight": 8.0, "deadline_in_s": 300.0}
     due = {"task_type": "due", "business_weight": 3.0, "deadline_in_s": 30.0}
     async with PriorityDispatcher(service, workers=1, rescue=rescue) as dispatcher:
-        await dispatcher.submit(gate.wait)
-        await asyncio.sleep(0.01)
+        gate = await occupy(dispatcher)
         vips = [await dispatcher.submit(task, f"vip-{i}", features=important) for i in range(3)]
         late = await dispatcher.submit(task, "due", features=due)
         assert late.decision.priority < min(j.decision.priority for j in vips)
@@ -204,11 +215,8 @@ async def test_a_deadline_close_to_its_latest_start_is_rescued(
 
 
 async def test_the_dispatcher_fills_in_its_own_queue_features(service: AIAssistService) -> None:
-    gate = asyncio.Event()
     async with PriorityDispatcher(service, workers=2) as dispatcher:
-        await dispatcher.submit(gate.wait)
-        await dispatcher.submit(gate.wait)
-        await asyncio.sleep(0.01)  # both workers are busy
+        gate = await occupy(dispatcher, workers=2)
         jobs = [await dispatcher.submit(echo, i, features={"est_duration_s": 2}) for i in range(3)]
         # queue_length i, workers 2, handler_load 1: i * 2 s / 2 workers / (1 - 0.5 * 1)
         assert [j.decision.expected_wait_s for j in jobs] == [0.0, 2.0, 4.0]
@@ -312,8 +320,15 @@ async def test_stop_drains_or_cancels(service: AIAssistService) -> None:
     now = PriorityDispatcher(service, workers=1, name="now")
     late = PriorityDispatcher(service, workers=1, name="late")
     for dispatcher in (now, late):
-        jobs = [await dispatcher.submit(asyncio.sleep, 30) for _ in range(3)]
-        await asyncio.sleep(0.01)  # the first one runs
+        started = asyncio.Event()
+
+        async def runs_long(started: asyncio.Event = started) -> None:
+            started.set()
+            await asyncio.sleep(30)
+
+        jobs = [await dispatcher.submit(runs_long)]
+        await started.wait()  # one runs, two are queued
+        jobs += [await dispatcher.submit(asyncio.sleep, 30) for _ in range(2)]
         t0 = time.monotonic()
         if dispatcher is now:
             await dispatcher.stop(drain=False)
@@ -334,24 +349,20 @@ async def test_stop_drains_or_cancels(service: AIAssistService) -> None:
 
 
 async def test_a_full_queue_refuses_or_pushes_back(service: AIAssistService) -> None:
-    gate = asyncio.Event()
     async with PriorityDispatcher(service, workers=1, max_queue=2) as dispatcher:
-        await dispatcher.submit(gate.wait)
-        await asyncio.sleep(0.01)
+        gate = await occupy(dispatcher)
         await dispatcher.submit(asyncio.sleep, 0)
         await dispatcher.submit(asyncio.sleep, 0)
         with pytest.raises(DispatcherFull, match="max_queue"):
             await dispatcher.submit(asyncio.sleep, 0)
         gate.set()
 
-    gate = asyncio.Event()
     async with PriorityDispatcher(service, workers=1, max_queue=1, when_full="wait") as waiting:
-        await waiting.submit(gate.wait)
-        await asyncio.sleep(0.01)
+        gate = await occupy(waiting)
         await waiting.submit(echo, "first")
         second = asyncio.create_task(waiting.submit(echo, "second"))
-        await asyncio.sleep(0.05)
-        assert not second.done()  # backpressure: the producer waits for room
+        done, _ = await asyncio.wait({second}, timeout=0.05)
+        assert not done  # backpressure: the producer waits for room
         gate.set()
         assert await (await second) == "second"
 

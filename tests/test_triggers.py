@@ -76,7 +76,7 @@ async def test_a_schedule_fires_at_its_time_and_not_before() -> None:
         "daily_report",
         {"format": "short"},
     )
-    await asyncio.sleep(0)
+    await scheduler.join()
     assert runs.finished == [firing.event.id]
     assert scheduler.next_due() == datetime(2026, 11, 24, 9, 0, tzinfo=UTC)
 
@@ -113,12 +113,10 @@ async def test_overlap_policy(
     fired = []
     for i in range(1, 4):
         fired += await scheduler.tick(T0 + timedelta(minutes=i))
-        await asyncio.sleep(0)
     assert [f.action for f in fired] == actions
     assert scheduler.running("each-minute")
     runs.release()
-    for _ in range(10):
-        await asyncio.sleep(0)
+    await scheduler.join()
     assert len(runs.started) == started and len(runs.cancelled) == cancelled
     assert not scheduler.running("each-minute")
     if overlap is Overlap.QUEUE:  # only the latest waiting firing runs, after the first
@@ -132,24 +130,34 @@ async def test_a_failing_run_does_not_stop_the_schedule() -> None:
 
     scheduler = CronScheduler([Schedule("m", "* * * * *", "t")], failing, clock=lambda: T0)
     assert [f.action for f in await scheduler.tick(T0 + timedelta(minutes=1))] == ["started"]
-    await asyncio.sleep(0)
+    await scheduler.join()
     assert [f.action for f in await scheduler.tick(T0 + timedelta(minutes=2))] == ["started"]
 
 
 async def test_run_loop_fires_on_the_clock() -> None:
-    now = [T0 + timedelta(seconds=29.95)]
+    now = T0 + timedelta(seconds=29.95)
+    looked, fired = asyncio.Event(), asyncio.Event()
+    reads = 0
+
+    def clock() -> datetime:
+        nonlocal reads
+        reads += 1
+        if reads > 3:  # the loop has slept and looked again, more than once
+            looked.set()
+        return now
+
     runs = Runs()
-    scheduler = CronScheduler([Schedule("m", "* * * * *", "t")], runs, clock=lambda: now[0])
+    scheduler = CronScheduler(
+        [Schedule("m", "* * * * *", "t")], runs, clock=clock, on_fire=lambda _: fired.set()
+    )
     loop = asyncio.create_task(scheduler.run(max_sleep=0.01))
-    await asyncio.sleep(0.03)
-    assert runs.started == []
-    now[0] = T0 + timedelta(seconds=31)
-    for _ in range(100):
-        if runs.started:
-            break
-        await asyncio.sleep(0.01)
+    await asyncio.wait_for(looked.wait(), 5)
+    assert runs.started == []  # not due yet: it went back to sleep
+    now = T0 + timedelta(seconds=31)
+    await asyncio.wait_for(fired.wait(), 5)
     loop.cancel()
-    assert len(runs.started) == 1
+    await scheduler.join()
+    assert len(runs.started) == 1 and runs.finished == [runs.started[0].id]
 
 
 @pytest.mark.parametrize(

@@ -162,6 +162,14 @@ class CronScheduler:
                 continue
             await self.tick()
 
+    async def join(self) -> None:
+        """Wait until no run is going and none is queued behind one (a graceful stop)."""
+        while tasks := [s.running for s in self._states.values() if s.running]:
+            if all(t.done() for t in tasks):
+                return
+            # a run's done callback starts its queued successor before this gather returns
+            await asyncio.gather(*tasks, return_exceptions=True)
+
     async def aclose(self) -> None:
         """Cancel the runs still going and wait for them to stop."""
         tasks = [s.running for s in self._states.values() if s.running and not s.running.done()]
