@@ -165,3 +165,39 @@ def test_up_runs_the_example_backend_with_its_flows(tmp_path: Path) -> None:
         proc.terminate()
         out, _ = proc.communicate(timeout=60)
     assert f"http://127.0.0.1:{backend}/docs" in out and f"smtp://127.0.0.1:{inbound}" in out
+
+
+def test_a_module_brings_its_own_command(env: dict[str, str], tmp_path: Path) -> None:
+    """`aiassist priority simulate` is found through the module, and prints what the
+    service's simulation computes for the same traffic."""
+    from prometheus_client import CollectorRegistry
+
+    from aiassist.decider import Decider
+    from aiassist.metrics import Metrics
+    from aiassist.modules.priority import module
+    from aiassist.modules.priority.api import SimulateRequest, SimulationSpec, run_simulation
+
+    shown = runner.invoke(
+        app, ["priority", "simulate", "--generate", "300", "--workers", "4", "--seed", "3"]
+    )
+    assert shown.exit_code == 0, shown.output
+    spec = SimulationSpec(tasks=300, workers=4, seed=3)
+    expected = run_simulation(
+        SimulateRequest(generate=spec, show=0),
+        Decider([module], metrics=Metrics(CollectorRegistry())),
+    )
+    assert "300 tasks on 4 workers; model: the rule fallback" in shown.stdout
+    for name, row in expected.summary.items():
+        line = next(x for x in shown.stdout.splitlines() if f" {name} " in x)
+        assert f"{row.high_mean_wait_s:,.1f} s" in line and f"{row.deadline_miss_pct:.2f}%" in line
+
+    tasks = tmp_path / "tasks.json"
+    tasks.write_text('[{"arrival_s": 0, "est_duration_s": 60}, {"arrival_s": "soon"}]')
+    bad = runner.invoke(app, ["priority", "simulate", "--tasks", str(tasks)])
+    assert bad.exit_code == 2 and "arrival_s" in bad.stderr
+
+
+def test_the_service_names_no_module() -> None:
+    """Routers and settings come from module discovery, not from imports in the app."""
+    source = (ROOT / "src" / "aiassist" / "server" / "app.py").read_text()
+    assert "aiassist.modules." not in source.replace("aiassist.modules.base", "")

@@ -18,6 +18,7 @@ from aiassist.metrics import Metrics
 from aiassist.modules.priority import (
     PriorityFeatures,
     PriorityModule,
+    PrioritySettings,
     Scoring,
     TaskQueue,
     module,
@@ -79,8 +80,8 @@ def test_weight_gives_a_capped_head_start_that_the_settings_tune() -> None:
     expected = [min(scoring.weight_s * math.log1p(w), scoring.weight_cap_s) for w in weights]
     assert boosts == pytest.approx(expected)
     assert boosts[-1] == scoring.weight_cap_s < scoring.weight_s * math.log1p(100)
-    assert Scoring() == Scoring.from_settings(Settings())  # the same defaults
-    tuned = Scoring.from_settings(Settings(priority_weight_s=10, priority_rescue_s=5))
+    assert Scoring() == Scoring.from_settings(PrioritySettings())  # the same defaults
+    tuned = Scoring.from_settings(PrioritySettings(weight_s=10, rescue_s=5))
     assert (tuned.weight_s, tuned.rescue_s, tuned.horizon_s) == (10, 5, scoring.horizon_s)
     f = PriorityFeatures(**(BASE | {"business_weight": 3, "deadline_in_s": None}))
     assert PriorityModule(tuned).fallback(f).boost_s == pytest.approx(10 * math.log(4))
@@ -139,7 +140,7 @@ def test_the_rescue_yields_to_a_task_far_more_important_than_the_one_it_saves() 
     # The module's decisions carry the weight head start the gap compares.
     d = decide(business_weight=3, deadline_in_s=600)
     assert d.weight_boost_s == pytest.approx(module.scoring.weight_s * math.log(4))
-    assert module.scoring.rescue_gap_s == Settings().priority_rescue_gap_s == 1500
+    assert module.scoring.rescue_gap_s == PrioritySettings().rescue_gap_s == 1500
 
 
 def test_the_rescue_cannot_starve_a_task_that_waited_out_the_bound() -> None:

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from aiassist.settings import Settings, SettingsError, load_settings
+from aiassist.settings import Settings, SettingsError, load_settings, read_settings
 
 
 def test_defaults_are_the_embedded_setup(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -82,3 +82,38 @@ def test_empty_api_key_means_unset(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     monkeypatch.setenv("AIASSIST_API_KEY_FILE", str(key_file))
     s = load_settings()
     assert s.api_key is not None and s.api_key.get_secret_value() == "aia_abc_fromfile"
+
+
+def test_a_module_reads_its_own_prefix_and_table(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`AIASSIST_PRIORITY_*` beats `[priority]` in the file, which beats the defaults; the
+    old top-level `priority_*` keys of a file still count, below the table."""
+    from aiassist.modules.priority import PrioritySettings
+
+    config = tmp_path / "aiassist.toml"
+    config.write_text(
+        "timeout_ms = 40\npriority_risk_s = 9\npriority_horizon_s = 1\n"
+        "[priority]\nrescue_s = 60\nweight_s = 7\nhorizon_s = 2\n"
+    )
+    monkeypatch.setenv("AIASSIST_CONFIG", str(config))
+    monkeypatch.setenv("AIASSIST_PRIORITY_WEIGHT_S", "11")
+    own = read_settings(PrioritySettings)
+    assert (own.rescue_s, own.weight_s, own.risk_s, own.horizon_s) == (60, 11, 9, 2)
+    assert own.rescue_gap_s == PrioritySettings.model_fields["rescue_gap_s"].default
+    assert load_settings().timeout_ms == 40  # the shared settings read the same file
+    assert not hasattr(load_settings(), "priority_rescue_s")  # no copy in the global ones
+
+
+def test_a_wrong_module_setting_names_its_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    from aiassist.drift.settings import DriftSettings
+    from aiassist.modules.priority import PrioritySettings
+
+    monkeypatch.setenv("AIASSIST_PRIORITY_RESCUE_S", "-1")
+    with pytest.raises(SettingsError, match=r"AIASSIST_PRIORITY_RESCUE_S: .* \(got '-1'\)"):
+        read_settings(PrioritySettings)
+    monkeypatch.setenv("AIASSIST_DRIFT_WEBHOOK_SECRET", "x" * 3)
+    monkeypatch.setenv("AIASSIST_DRIFT_WEBHOOK_URL", "u" * 3000)
+    with pytest.raises(SettingsError, match="AIASSIST_DRIFT_WEBHOOK_URL") as exc:
+        read_settings(DriftSettings)
+    assert "xxx" not in str(exc.value)

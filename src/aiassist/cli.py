@@ -1,4 +1,5 @@
-"""The `aiassist` command: up, serve, daemon, train, models, keys, db, settings."""
+"""The `aiassist` command: up, serve, daemon, train, models, keys, db, settings, and the
+commands each module brings."""
 
 from __future__ import annotations
 
@@ -16,7 +17,9 @@ from rich.console import Console
 from rich.table import Table
 
 from aiassist.__about__ import __version__
-from aiassist.settings import Settings, SettingsError, load_settings
+from aiassist.modules import available_modules
+from aiassist.modules.base import import_attribute
+from aiassist.settings import ModuleSettings, Settings, SettingsError, load_settings, read_settings
 
 if TYPE_CHECKING:  # the CLI imports what a command needs only when it runs
     from aiassist.registry.store import ModelRegistry
@@ -38,6 +41,9 @@ app.add_typer(models_app, name="models")
 app.add_typer(importlib.import_module("aiassist.drift.cli").app, name="drift")
 importlib.import_module("aiassist.agent.cli").register(app)
 app.add_typer(importlib.import_module("aiassist.agent.mcp_cli").app, name="mcp")
+for _found in available_modules().values():  # `aiassist priority ...`: what a module brings
+    if _found.cli is not None:
+        app.add_typer(import_attribute(_found.cli), name=_found.name)
 
 console = Console()
 err = Console(stderr=True)
@@ -489,22 +495,50 @@ def show_settings(
     if markdown:
         print(settings_markdown())
         return
-    settings = _settings()
     table = Table("setting", "value")
-    for name in Settings.model_fields:
-        value = getattr(settings, name)
-        shown = "********" if "key" in name and value is not None else str(value)
-        table.add_row(f"AIASSIST_{name.upper()}", _redact(shown))
+    try:
+        for prefix, values in [("AIASSIST_", _settings())] + [
+            (_prefix(cls), read_settings(cls)) for cls in module_settings()
+        ]:
+            for name in type(values).model_fields:
+                value = getattr(values, name)
+                shown = "********" if _is_secret(name) and value is not None else str(value)
+                table.add_row(f"{prefix}{name.upper()}", _redact(shown))
+    except SettingsError as exc:
+        err.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
     console.print(table)
+
+
+def module_settings() -> list[type[ModuleSettings]]:
+    """The settings classes the modules and the drift guard bring, by prefix."""
+    from aiassist.drift.settings import DriftSettings
+
+    found = {m.settings for m in available_modules().values() if m.settings is not None}
+    return sorted(found | {DriftSettings}, key=_prefix)
 
 
 def settings_markdown() -> str:
     """The settings reference of docs/configuration.md (kept in sync by a test)."""
-    lines = ["| variable | default | meaning |", "| --- | --- | --- |"]
-    for name, field in Settings.model_fields.items():
-        default = "" if field.default is None else f"`{field.default}`"
-        lines.append(f"| `AIASSIST_{name.upper()}` | {default} | {field.description} |")
-    return "\n".join(lines)
+    sections = [("Service, daemon, agent and SDK", "AIASSIST_", Settings)] + [
+        (f"`{cls.section()}` (`[{cls.section()}]` in the file)", _prefix(cls), cls)
+        for cls in module_settings()
+    ]
+    lines = []
+    for title, prefix, cls in sections:
+        lines += ["", f"### {title}", "", "| variable | default | meaning |", "| --- | --- | --- |"]
+        for name, field in cls.model_fields.items():
+            default = "" if field.default is None else f"`{field.default}`"
+            lines.append(f"| `{prefix}{name.upper()}` | {default} | {field.description} |")
+    return "\n".join(lines).strip()
+
+
+def _prefix(cls: type[ModuleSettings]) -> str:
+    return str(cls.model_config.get("env_prefix", ""))
+
+
+def _is_secret(name: str) -> bool:
+    return "key" in name or "secret" in name
 
 
 def _redact(url: str) -> str:

@@ -3,6 +3,10 @@
 Precedence, highest first: keyword arguments, environment, the file named by
 `AIASSIST_CONFIG`, defaults. A wrong value raises `SettingsError` naming the setting,
 so a misconfigured process stops at start-up instead of misbehaving later.
+
+`Settings` holds what the service, the daemon, the agent and the SDK share. A module's
+own knobs are a `ModuleSettings` subclass in its folder, read from `AIASSIST_<MODULE>_*`
+and from the file's `[<module>]` table.
 """
 
 from __future__ import annotations
@@ -10,7 +14,7 @@ from __future__ import annotations
 import os
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from pydantic import Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import (
@@ -19,10 +23,10 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
-__all__ = ["Settings", "SettingsError", "load_settings"]
+__all__ = ["ModuleSettings", "Settings", "SettingsError", "load_settings"]
 
 ENV_PREFIX = "AIASSIST_"
-_SECRET_FIELDS = frozenset({"api_key", "drift_webhook_secret", "agent_api_key"})
+_SECRET_FIELDS = frozenset({"api_key", "agent_api_key", "webhook_secret"})
 
 
 class SettingsError(ValueError):
@@ -30,28 +34,40 @@ class SettingsError(ValueError):
 
 
 class _TomlFileSource(PydanticBaseSettingsSource):
-    """Values from the TOML file named by AIASSIST_CONFIG (top-level keys, lower case)."""
+    """Values from the TOML file named by AIASSIST_CONFIG: top-level keys for `Settings`;
+    for a `ModuleSettings`, its table (`[priority]`) or top-level keys with its prefix."""
 
-    def __init__(self, settings_cls: type[BaseSettings]) -> None:
+    def __init__(self, settings_cls: type[BaseSettings], section: str | None = None) -> None:
         super().__init__(settings_cls)
-        path = os.environ.get(f"{ENV_PREFIX}CONFIG")
-        self._data: dict[str, Any] = {}
-        if path:
-            try:
-                with open(path, "rb") as f:
-                    self._data = tomllib.load(f)
-            except FileNotFoundError:
-                raise SettingsError(f"{ENV_PREFIX}CONFIG: no such file: {path}") from None
-            except tomllib.TOMLDecodeError as exc:
-                raise SettingsError(
-                    f"{ENV_PREFIX}CONFIG: {path} is not valid TOML: {exc}"
-                ) from None
+        data = _read_config_file()
+        if section is not None:
+            prefixed = {
+                k.removeprefix(f"{section}_"): v
+                for k, v in data.items()
+                if k.startswith(f"{section}_")
+            }
+            table = data.get(section)
+            data = prefixed | (table if isinstance(table, dict) else {})
+        self._data = data
 
     def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
         return self._data.get(field_name), field_name, False
 
     def __call__(self) -> dict[str, Any]:
         return {k: v for k, v in self._data.items() if k in self.settings_cls.model_fields}
+
+
+def _read_config_file() -> dict[str, Any]:
+    path = os.environ.get(f"{ENV_PREFIX}CONFIG")
+    if not path:
+        return {}
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        raise SettingsError(f"{ENV_PREFIX}CONFIG: no such file: {path}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise SettingsError(f"{ENV_PREFIX}CONFIG: {path} is not valid TOML: {exc}") from None
 
 
 class Settings(BaseSettings):
@@ -134,48 +150,6 @@ class Settings(BaseSettings):
     )
     daemon_metrics_port: int = Field(
         9101, ge=0, le=65535, description="Port of the daemon's /metrics (0: none)."
-    )
-
-    # --- the priority module and its dispatchers ----------------------------------------
-    priority_horizon_s: float = Field(
-        5400.0,
-        ge=0,
-        le=30 * 86_400,
-        description="priority: deadlines further than this count as this far (seconds); "
-        "the sooner a task's latest start, the larger its head start, up to this.",
-    )
-    priority_weight_s: float = Field(
-        1500.0,
-        ge=0,
-        le=30 * 86_400,
-        description="priority: head start in seconds per unit of ln(1 + business_weight).",
-    )
-    priority_weight_cap_s: float = Field(
-        5400.0,
-        ge=0,
-        le=30 * 86_400,
-        description="priority: the largest head start business weight can give (seconds).",
-    )
-    priority_risk_s: float = Field(
-        60.0,
-        ge=0,
-        le=86_400,
-        description="priority: head start for a certain deadline miss, scaled by P(miss).",
-    )
-    priority_rescue_s: float = Field(
-        120.0,
-        ge=0,
-        le=86_400,
-        description="priority: a queued task whose latest start is this close (seconds) "
-        "runs before the priority order, earliest deadline first, so a deadline that can be "
-        "met is not lost.",
-    )
-    priority_rescue_gap_s: float = Field(
-        1500.0,
-        ge=0,
-        le=30 * 86_400,
-        description="priority: the rescue does not overtake a task whose weight head start "
-        "is more than this (seconds) above the rescued task's.",
     )
 
     # --- the agent runtime -------------------------------------------------------------
@@ -354,17 +328,6 @@ class Settings(BaseSettings):
         5.0, gt=0, le=3600, description="How long the breaker stays open before a trial call."
     )
 
-    # --- API drift guard ---------------------------------------------------------------
-    drift_webhook_url: str | None = Field(
-        None,
-        max_length=2000,
-        description="URL the API drift guard POSTs its alerts to (none: logs and metrics only).",
-    )
-    drift_webhook_secret: SecretStr | None = Field(
-        None,
-        description="HMAC-SHA256 key that signs drift alerts (X-AIAssist-Signature header).",
-    )
-
     @model_validator(mode="after")
     def _read_key_file(self) -> Settings:
         if self.api_key is not None and not self.api_key.get_secret_value().strip():
@@ -416,9 +379,18 @@ class Settings(BaseSettings):
 
 def load_settings(**overrides: Any) -> Settings:
     """Build settings, turning a validation error into one message per wrong setting."""
+    return read_settings(Settings, **overrides)
+
+
+S = TypeVar("S", bound=BaseSettings)
+
+
+def read_settings(cls: type[S], **overrides: Any) -> S:
+    """Build `cls` (`Settings` or a module's), naming each wrong value's variable."""
     try:
-        return Settings(**overrides)
+        return cls(**overrides)
     except ValidationError as exc:
+        prefix = cls.model_config.get("env_prefix", ENV_PREFIX)
         lines = []
         for err in exc.errors():
             if not err["loc"]:  # a whole-model check: its message names the setting
@@ -426,5 +398,29 @@ def load_settings(**overrides: Any) -> Settings:
                 continue
             name = str(err["loc"][0])
             shown = "" if name in _SECRET_FIELDS else f" (got {err.get('input')!r})"
-            lines.append(f"{ENV_PREFIX}{name.upper()}: {err['msg']}{shown}")
+            lines.append(f"{prefix}{name.upper()}: {err['msg']}{shown}")
         raise SettingsError("invalid settings:\n  " + "\n  ".join(lines)) from None
+
+
+class ModuleSettings(BaseSettings):
+    """One module's settings. Subclasses set `env_prefix` to `AIASSIST_<MODULE>_`; the
+    TOML section is the part between `AIASSIST_` and the last underscore."""
+
+    model_config = SettingsConfigDict(extra="ignore", frozen=True)
+
+    @classmethod
+    def section(cls) -> str:
+        return (
+            str(cls.model_config.get("env_prefix", "")).removeprefix(ENV_PREFIX).rstrip("_").lower()
+        )
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return init_settings, env_settings, _TomlFileSource(settings_cls, cls.section())

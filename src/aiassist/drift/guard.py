@@ -25,10 +25,12 @@ from aiassist.drift.alerts import WebhookAlerter
 from aiassist.drift.clients import ClientHints, client_identity
 from aiassist.drift.detector import DetectorConfig, DriftDetector, Finding
 from aiassist.drift.profile import Observation, Profile
+from aiassist.drift.settings import DriftSettings
 from aiassist.drift.shapes import FieldShape, fields_of, query_fields
 from aiassist.drift.store import DriftState, DriftStore
 from aiassist.drift.versions import VersionScheme, parse_scheme
 from aiassist.metrics import Metrics, default_metrics
+from aiassist.settings import load_settings, read_settings
 
 __all__ = ["DriftConfig", "DriftGuard"]
 
@@ -92,18 +94,17 @@ class DriftGuard:
         self.store: DriftStore | None = None
         self._db: Any = None
         webhook_url, webhook_secret = config.webhook_url, config.webhook_secret
-        if config.persist or webhook_url is None:
-            from aiassist.settings import load_settings
+        if webhook_url is None or webhook_secret is None:
+            own = read_settings(DriftSettings)
+            webhook_url = webhook_url or own.webhook_url
+            if webhook_secret is None and own.webhook_secret is not None:
+                webhook_secret = own.webhook_secret.get_secret_value()
+        if config.persist:
+            from aiassist.store.db import make_engine, make_sessionmaker
 
-            settings = load_settings()
-            webhook_url = webhook_url or settings.drift_webhook_url
-            if webhook_secret is None and settings.drift_webhook_secret is not None:
-                webhook_secret = settings.drift_webhook_secret.get_secret_value()
-            if config.persist:
-                from aiassist.store.db import make_engine, make_sessionmaker
-
-                self._db = make_engine(config.database_url or settings.resolved_database_url)
-                self.store = DriftStore(make_sessionmaker(self._db))
+            url = config.database_url or load_settings().resolved_database_url
+            self._db = make_engine(url)
+            self.store = DriftStore(make_sessionmaker(self._db))
         self.alerter = (
             WebhookAlerter(
                 webhook_url,

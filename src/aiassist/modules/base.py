@@ -9,10 +9,13 @@
 
 Adding a module is adding a package under `aiassist/modules/` that exposes `module`,
 or a third-party package that registers one under the `aiassist.modules` entry point.
+What else a module brings (its settings, its HTTP router, its CLI) it names on the class,
+so the service and the CLI pick them up without naming any module.
 """
 
 from __future__ import annotations
 
+import importlib
 import secrets
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
@@ -20,15 +23,24 @@ from typing import Any, ClassVar, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from aiassist.settings import ModuleSettings
+
 __all__ = [
     "Decision",
     "Features",
     "Module",
     "Outcome",
+    "import_attribute",
     "new_decision_id",
 ]
 
 Source = Literal["model", "fallback"]
+
+
+def import_attribute(path: str) -> Any:
+    """The object a module names as "package.module:attribute" (its trainer, router, CLI)."""
+    module_name, _, attribute = path.partition(":")
+    return getattr(importlib.import_module(module_name), attribute)
 
 
 def new_decision_id() -> str:
@@ -90,6 +102,13 @@ class Module(ABC, Generic[F, D, O]):
     #: "package.module:attribute" of this module's `Trainer`, imported only by training code
     #: (the `train` extra), so serving never loads the training stack. None: no model.
     trainer: ClassVar[str | None] = None
+    #: The module's own settings (`AIASSIST_<MODULE>_*`), listed by `aiassist settings`.
+    settings: ClassVar[type[ModuleSettings] | None] = None
+    #: "package.module:factory" of a function returning the module's extra `APIRouter`
+    #: (beyond decide and outcome), mounted by the service. None: no extra endpoints.
+    router: ClassVar[str | None] = None
+    #: "package.module:attribute" of the module's Typer app, `aiassist <name> ...`.
+    cli: ClassVar[str | None] = None
 
     @abstractmethod
     def fallback(self, features: F) -> D:

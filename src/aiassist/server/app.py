@@ -30,7 +30,7 @@ from aiassist.agent.tools import ToolSet
 from aiassist.decider import Decider
 from aiassist.drift.api import drift_router
 from aiassist.metrics import Metrics
-from aiassist.modules.priority.api import priority_router
+from aiassist.modules.base import import_attribute
 from aiassist.registry.serving import ModelWatcher
 from aiassist.registry.store import ModelRegistry
 from aiassist.server.auth import require
@@ -196,9 +196,10 @@ def create_app(settings: Settings | None = None, *, agent_tools: ToolSet | None 
     )
     for module in decider.modules.values():
         app.include_router(module_router(module))
+        if module.router is not None:  # the module's own endpoints, e.g. a simulator
+            app.include_router(import_attribute(module.router)())
     app.include_router(models_router())
-    app.include_router(priority_router())
-    app.include_router(drift_router())
+    app.include_router(drift_router())  # the drift guard is a part of its own, not a module
     automation = AutomationConfig.from_settings(settings)  # a bad flow file stops us here
     app.include_router(agent_router(agent_tools, automation.flows))
     app.include_router(flows_router(automation))  # after the agent's: it uses its runtime

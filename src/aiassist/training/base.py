@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -11,6 +10,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from aiassist.modules import AnyModule, Decision, Features
+from aiassist.modules.base import import_attribute
 from aiassist.registry.store import Manifest, ModelRegistry, TrainingInfo
 
 __all__ = ["Dataset", "ExportedModel", "Trainer", "brier_quality", "get_trainer"]
@@ -111,6 +111,5 @@ def brier_quality(y: np.ndarray, scores: np.ndarray) -> float:
 def get_trainer(module: AnyModule) -> Trainer | None:
     if module.trainer is None:
         return None
-    path, _, attribute = module.trainer.partition(":")
-    trainer: Trainer = getattr(importlib.import_module(path), attribute)
+    trainer: Trainer = import_attribute(module.trainer)
     return trainer

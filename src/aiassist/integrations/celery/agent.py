@@ -4,7 +4,7 @@ The worker, configured by the same `AIASSIST_*` settings as the service::
 
     AIASSIST_CELERY_BROKER_URL=amqp://guest:guest@127.0.0.1:5672// \\
     AIASSIST_DATABASE_URL=postgresql+psycopg://... AIASSIST_AGENT_TOOLS=myapp.tools:toolset \\
-        celery -A aiassist.integrations.celery_agent worker --concurrency=4
+        celery -A aiassist.integrations.celery.agent worker --concurrency=4
 
 and the producer side (the service, a trigger, a script)::
 
@@ -28,7 +28,7 @@ Delivery is at least once, and that is safe because driving is idempotent:
 
 The task `aiassist.agent.recover` re-sends the runs nobody drives (their message was lost
 by the broker itself, or their worker failed to drive them), and the flow runs whose `wait`
-step is over: celery beat sends it every minute (`celery -A aiassist.integrations.celery_agent
+step is over: celery beat sends it every minute (`celery -A aiassist.integrations.celery.agent
 beat`, or a worker started with `-B`).
 """
 
@@ -219,7 +219,7 @@ class _Driver:
 
 
 def __getattr__(name: str) -> Celery:
-    """`celery -A aiassist.integrations.celery_agent worker` finds `app` here, configured
+    """`celery -A aiassist.integrations.celery.agent worker` finds `app` here, configured
     from the environment when first asked for (importing this module configures nothing)."""
     if name in ("app", "celery"):
         global _app

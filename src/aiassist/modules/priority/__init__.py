@@ -2,8 +2,8 @@
 combined priority, the expected wait and the risk of missing the deadline.
 
 It replaces a fixed classification (say four levels hard-coded per task type) at the point
-where a task is enqueued. How the priority is made (`Scoring`, set from the `priority_*`
-settings):
+where a task is enqueued. How the priority is made (`Scoring`, set from the
+`AIASSIST_PRIORITY_*` settings):
 
 - **Latest start**: the deadline minus the duration at anomaly speed (`est_duration_s *
   anomaly`). A task without a deadline, or with one beyond the horizon (`horizon_s`,
@@ -40,19 +40,20 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 from pydantic import Field
 
 from aiassist.modules.base import Decision, Features, Module, Outcome
 from aiassist.modules.priority.queue import TaskQueue
-from aiassist.settings import Settings, SettingsError, load_settings
+from aiassist.modules.priority.settings import PrioritySettings, Scoring
+from aiassist.settings import SettingsError, read_settings
 
 __all__ = [
     "PriorityDecision",
     "PriorityFeatures",
     "PriorityModule",
     "PriorityOutcome",
+    "PrioritySettings",
     "Scoring",
     "TaskQueue",
     "module",
@@ -62,35 +63,6 @@ __all__ = [
 log = logging.getLogger("aiassist.priority")
 
 _DAY = 86_400.0
-
-
-@dataclass(frozen=True)
-class Scoring:
-    """How the combined priority is made (see the module docstring); the defaults are the
-    `priority_*` settings' defaults."""
-
-    horizon_s: float = 5400.0
-    weight_s: float = 1500.0
-    weight_cap_s: float = 5400.0
-    risk_s: float = 60.0
-    rescue_s: float = 120.0
-    rescue_gap_s: float = 1500.0
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> Scoring:
-        return cls(
-            horizon_s=settings.priority_horizon_s,
-            weight_s=settings.priority_weight_s,
-            weight_cap_s=settings.priority_weight_cap_s,
-            risk_s=settings.priority_risk_s,
-            rescue_s=settings.priority_rescue_s,
-            rescue_gap_s=settings.priority_rescue_gap_s,
-        )
-
-    @property
-    def max_boost_s(self) -> float:
-        """The largest head start: the aging bound (see `order_key`)."""
-        return self.horizon_s + self.weight_cap_s + self.risk_s
 
 
 class PriorityFeatures(Features):
@@ -194,16 +166,19 @@ class PriorityModule(Module[PriorityFeatures, PriorityDecision, PriorityOutcome]
     }
     outcome_example = {"waited_s": 95.0, "ran_s": 310.0, "deadline_met": True}
     trainer = "aiassist.modules.priority.training:trainer"
+    settings = PrioritySettings
+    router = "aiassist.modules.priority.api:priority_router"
+    cli = "aiassist.modules.priority.cli:app"
 
     def __init__(self, scoring: Scoring | None = None) -> None:
         self._scoring = scoring
 
     @property
     def scoring(self) -> Scoring:
-        """The given scoring, else the process's `priority_*` settings (read on first use)."""
+        """The given scoring, else the process's `PrioritySettings` (read on first use)."""
         if self._scoring is None:
             try:
-                self._scoring = Scoring.from_settings(load_settings())
+                self._scoring = Scoring.from_settings(read_settings(PrioritySettings))
             except SettingsError as exc:  # the service reports it at start; never fail here
                 log.warning("priority: settings unreadable, default scoring: %s", exc)
                 self._scoring = Scoring()

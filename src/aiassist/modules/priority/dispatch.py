@@ -13,7 +13,7 @@ start over first come, first served, in seconds, capped at `horizon`), except th
 whose latest start is less than `rescue` seconds away goes first (the rescue, earliest
 deadline first), so that a deadline that can still be met is not lost to more important
 work with time to spare, unless that work is far more important (its weight head start
-more than the `priority_rescue_gap_s` setting above the rescued task's).
+more than the `AIASSIST_PRIORITY_RESCUE_GAP_S` setting above the rescued task's).
 
 Starvation bound: a task submitted at t' is ahead of one submitted at t in the priority
 order only if t' - boost' < t - boost, so t' < t + horizon; and once the first task in that
@@ -123,7 +123,7 @@ class PriorityDispatcher:
       so the longest extra wait the lowest class may suffer (see the module docstring).
       None: the priority module's own bound (`Scoring.max_boost_s`).
     - `rescue`: seconds before its latest start at which a task runs out of priority order.
-      None: the service's `priority_rescue_s` setting; 0: off.
+      None: the `AIASSIST_PRIORITY_RESCUE_S` setting; 0: off.
     - `max_queue`: tasks waiting at most. When full, `submit` raises `DispatcherFull`
       (`when_full="raise"`) or waits for room (`"wait"`: backpressure on the producer).
     - metrics go to the service's registry: queue depth, wait by broker priority,
@@ -150,14 +150,14 @@ class PriorityDispatcher:
         self.workers = workers
         self.max_queue = max_queue
         self.horizon = priority.scoring.max_boost_s if horizon is None else horizon
-        self.rescue = self.service.settings.priority_rescue_s if rescue is None else rescue
+        self.rescue = priority.scoring.rescue_s if rescue is None else rescue
         self.when_full = when_full
         self.record_outcomes = record_outcomes
         self.name = name
         self.order: TaskQueue[Job[Any]] = TaskQueue(
             rescue_s=self.rescue,
             bound_s=self.horizon,
-            gap_s=self.service.settings.priority_rescue_gap_s,
+            gap_s=priority.scoring.rescue_gap_s,
         )
         self._queue = _JobQueue(max_queue, self.order)
         self._outcomes: asyncio.Queue[tuple[str, PriorityOutcome]] = asyncio.Queue(max_queue)
