@@ -13,7 +13,7 @@ install-run: $(BIN)/python
 	$(BIN)/pip install --quiet -e '.[server,agent,train]'
 
 install-test: $(BIN)/python
-	$(BIN)/pip install --quiet -e '.[all,dev]'
+	$(BIN)/pip install --quiet -e '.[all,dev,bench]'
 
 ## run: start aiassist on the embedded default (SQLite, in-process) and print its URLs
 run: install-run

@@ -71,6 +71,9 @@ def check_agent_overhead(result: dict[str, Any]) -> None:
             _latency(result[database][kind]["per_step"], "ms")
         assert result[database]["p99_ratio_to_audit_append"]["noop_write"] > 0
         assert result[database]["audit_events"] > 0
+        for durability in ("sync", "async"):  # LangGraph, side by side on the same database
+            _latency(result[database][f"langgraph_{durability}"]["per_step"], "ms")
+        assert set(result[database]["per_step_ratio_to_langgraph_sync"]) == {"p50", "p99"}
 
 
 def check_priority(result: dict[str, Any]) -> None:
