@@ -122,6 +122,7 @@ def test_up_serves_on_sqlite_with_an_admin_key(tmp_path: Path) -> None:
     finally:
         proc.terminate()
         out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0  # SIGTERM ended it through its cleanup, daemon stopped
     assert f"{url}/docs" in out and f"{url}/healthz" in out
     assert key_file.read_text().strip() not in out  # the key is in the file, not the console
 
@@ -164,6 +165,7 @@ def test_up_runs_the_example_backend_with_its_flows(tmp_path: Path) -> None:
     finally:
         proc.terminate()
         out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0
     assert f"http://127.0.0.1:{backend}/docs" in out and f"smtp://127.0.0.1:{inbound}" in out
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import secrets
+import signal
 import subprocess
 import sys
 import threading
@@ -22,6 +23,8 @@ from aiassist.modules.base import import_attribute
 from aiassist.settings import ModuleSettings, Settings, SettingsError, load_settings, read_settings
 
 if TYPE_CHECKING:  # the CLI imports what a command needs only when it runs
+    from types import FrameType
+
     from aiassist.registry.store import ModelRegistry
     from aiassist.store.audit import AuditLog
     from aiassist.store.keys import KeyStore
@@ -169,6 +172,7 @@ def up(
         )
         out.print(f"  sent mail     kept in {settings.data_dir / 'mail'}")
     daemon = _start_daemon()
+    signal.signal(signal.SIGTERM, _exit_cleanly)
     try:
         _serve(settings, host, port, settings.workers)
     finally:
@@ -221,11 +225,15 @@ def _stop_child(child: subprocess.Popen[bytes], grace: float = 15) -> None:
         child.wait()
 
 
+def _exit_cleanly(signum: int, frame: FrameType | None) -> None:
+    """uvicorn re-raises the SIGTERM it stopped on; end through `finally`, children and all."""
+    raise SystemExit(0)
+
+
 def _die_with_parent() -> None:
     """In the child: get SIGTERM when `aiassist up` ends, however it ends (Linux)."""
     if sys.platform.startswith("linux"):
         import ctypes
-        import signal
 
         pr_set_pdeathsig = 1
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
@@ -479,8 +487,6 @@ def daemon(
                 f"[yellow]daemon metrics not served on :{settings.daemon_metrics_port}: "
                 f"{exc}[/yellow]"
             )
-    import signal
-
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
@@ -497,13 +503,11 @@ def show_settings(
         return
     table = Table("setting", "value")
     try:
-        for prefix, values in [("AIASSIST_", _settings())] + [
-            (_prefix(cls), read_settings(cls)) for cls in module_settings()
-        ]:
+        for values in [_settings(), *(read_settings(cls) for cls in module_settings())]:
             for name in type(values).model_fields:
                 value = getattr(values, name)
                 shown = "********" if _is_secret(name) and value is not None else str(value)
-                table.add_row(f"{prefix}{name.upper()}", _redact(shown))
+                table.add_row(f"{values.prefix()}{name.upper()}", _redact(shown))
     except SettingsError as exc:
         err.print(f"[red]{exc}[/red]")
         raise typer.Exit(2) from None
@@ -515,26 +519,21 @@ def module_settings() -> list[type[ModuleSettings]]:
     from aiassist.drift.settings import DriftSettings
 
     found = {m.settings for m in available_modules().values() if m.settings is not None}
-    return sorted(found | {DriftSettings}, key=_prefix)
+    return sorted(found | {DriftSettings}, key=lambda cls: cls.prefix())
 
 
 def settings_markdown() -> str:
     """The settings reference of docs/configuration.md (kept in sync by a test)."""
-    sections = [("Service, daemon, agent and SDK", "AIASSIST_", Settings)] + [
-        (f"`{cls.section()}` (`[{cls.section()}]` in the file)", _prefix(cls), cls)
-        for cls in module_settings()
-    ]
+    sections: list[tuple[str, type[Settings | ModuleSettings]]] = [
+        ("Service, daemon, agent and SDK", Settings)
+    ] + [(f"`{cls.section()}` (`[{cls.section()}]` in the file)", cls) for cls in module_settings()]
     lines = []
-    for title, prefix, cls in sections:
+    for title, cls in sections:
         lines += ["", f"### {title}", "", "| variable | default | meaning |", "| --- | --- | --- |"]
         for name, field in cls.model_fields.items():
             default = "" if field.default is None else f"`{field.default}`"
-            lines.append(f"| `{prefix}{name.upper()}` | {default} | {field.description} |")
+            lines.append(f"| `{cls.prefix()}{name.upper()}` | {default} | {field.description} |")
     return "\n".join(lines).strip()
-
-
-def _prefix(cls: type[ModuleSettings]) -> str:
-    return str(cls.model_config.get("env_prefix", ""))
 
 
 def _is_secret(name: str) -> bool:

@@ -70,7 +70,32 @@ def _read_config_file() -> dict[str, Any]:
         raise SettingsError(f"{ENV_PREFIX}CONFIG: {path} is not valid TOML: {exc}") from None
 
 
-class Settings(BaseSettings):
+class _FromConfig(BaseSettings):
+    """Keyword arguments, then the environment, then the config file (its `section`)."""
+
+    @classmethod
+    def prefix(cls) -> str:
+        """The environment variables' prefix, e.g. AIASSIST_ or AIASSIST_PRIORITY_."""
+        return str(cls.model_config.get("env_prefix", ""))
+
+    @classmethod
+    def section(cls) -> str | None:
+        """The config file's table these settings read; None: its top-level keys."""
+        return None
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return init_settings, env_settings, _TomlFileSource(settings_cls, cls.section())
+
+
+class Settings(_FromConfig):
     """Every knob of aiassist. docs/configuration.md is generated from these descriptions."""
 
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
@@ -365,24 +390,13 @@ class Settings(BaseSettings):
     def resolved_models_dir(self) -> Path:
         return self.models_dir or self.data_dir / "models"
 
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return init_settings, env_settings, _TomlFileSource(settings_cls)
-
 
 def load_settings(**overrides: Any) -> Settings:
     """Build settings, turning a validation error into one message per wrong setting."""
     return read_settings(Settings, **overrides)
 
 
-S = TypeVar("S", bound=BaseSettings)
+S = TypeVar("S", bound=_FromConfig)
 
 
 def read_settings(cls: type[S], **overrides: Any) -> S:
@@ -390,7 +404,7 @@ def read_settings(cls: type[S], **overrides: Any) -> S:
     try:
         return cls(**overrides)
     except ValidationError as exc:
-        prefix = cls.model_config.get("env_prefix", ENV_PREFIX)
+        prefix = cls.prefix()
         lines = []
         for err in exc.errors():
             if not err["loc"]:  # a whole-model check: its message names the setting
@@ -402,25 +416,12 @@ def read_settings(cls: type[S], **overrides: Any) -> S:
         raise SettingsError("invalid settings:\n  " + "\n  ".join(lines)) from None
 
 
-class ModuleSettings(BaseSettings):
+class ModuleSettings(_FromConfig):
     """One module's settings. Subclasses set `env_prefix` to `AIASSIST_<MODULE>_`; the
     TOML section is the part between `AIASSIST_` and the last underscore."""
 
     model_config = SettingsConfigDict(extra="ignore", frozen=True)
 
     @classmethod
-    def section(cls) -> str:
-        return (
-            str(cls.model_config.get("env_prefix", "")).removeprefix(ENV_PREFIX).rstrip("_").lower()
-        )
-
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return init_settings, env_settings, _TomlFileSource(settings_cls, cls.section())
+    def section(cls) -> str | None:
+        return cls.prefix().removeprefix(ENV_PREFIX).rstrip("_").lower()

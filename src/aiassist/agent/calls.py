@@ -16,6 +16,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, TypeVar
 
 import anyio
@@ -133,10 +134,7 @@ class Calls:
             )
         status = CallStatus(record.status)
         if status is CallStatus.WAITING_APPROVAL:  # found so on resuming: it waits again
-
-            def wait(unit: Unit) -> None:
-                unit.let_go(RunStatus.WAITING_APPROVAL)
-
+            wait = partial(Unit.let_go, status=RunStatus.WAITING_APPROVAL)
             await on(self.db_in_thread, self.store.write, state, wait)
             return False
         tool = self.tools.get(record.tool)
