@@ -49,15 +49,16 @@ def new_decision_id() -> str:
 
 
 class Features(BaseModel):
-    """Inputs of one decision. Subclasses bound every field."""
+    """Inputs of one decision. Subclasses bound every field; NaN and ±Infinity, which
+    Python's JSON parser accepts, are refused at the field that holds them."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class Outcome(BaseModel):
     """What happened after a decision. Subclasses name the observed result."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class Decision(BaseModel):

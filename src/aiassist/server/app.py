@@ -17,8 +17,6 @@ from typing import Any
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.exception_handlers import request_validation_exception_handler
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from sqlalchemy import Engine, text
@@ -34,7 +32,8 @@ from aiassist.modules.base import import_attribute
 from aiassist.registry.serving import ModelWatcher
 from aiassist.registry.store import ModelRegistry
 from aiassist.server.auth import require
-from aiassist.server.middleware import BodyLimitMiddleware, MetricsMiddleware
+from aiassist.server.errors import install_error_handlers
+from aiassist.server.middleware import MetricsMiddleware, RequestLimitMiddleware
 from aiassist.server.routers.agent import agent_router
 from aiassist.server.routers.decisions import (
     AUTH_RESPONSES,
@@ -140,24 +139,10 @@ def create_app(settings: Settings | None = None, *, agent_tools: ToolSet | None 
         description=_DESCRIPTION,
         lifespan=lifespan,
     )
-    app.add_middleware(BodyLimitMiddleware, max_bytes=MAX_BODY_BYTES)
+    app.add_middleware(RequestLimitMiddleware, max_bytes=MAX_BODY_BYTES)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
 
-    @app.exception_handler(RequestValidationError)
-    async def _invalid(request: Request, exc: RequestValidationError) -> Response:
-        media = request.headers.get("content-type", "").partition(";")[0].strip().lower()
-        whole_body = any(tuple(e["loc"]) == ("body",) for e in exc.errors())
-        if whole_body and media and media != "application/json" and not media.endswith("+json"):
-            # curl -d sends form encoding: name the fix, not a pydantic error about a string
-            sent = media[:100]
-            detail = f"send the body as JSON, with 'content-type: application/json' (not {sent})"
-            return JSONResponse({"detail": detail}, status_code=415)
-        return await request_validation_exception_handler(request, exc)
-
-    @app.exception_handler(Exception)
-    async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return JSONResponse({"detail": "internal error; see the service log"}, status_code=500)
+    install_error_handlers(app)
 
     @app.get("/healthz", tags=["service"], summary="Liveness: the process answers")
     async def healthz() -> dict[str, str]:

@@ -1,4 +1,4 @@
-"""Pure ASGI middleware: request latency metrics and a request body size limit."""
+"""Pure ASGI middleware: request latency metrics and request size limits."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from aiassist.metrics import Metrics
 
-__all__ = ["BodyLimitMiddleware", "MetricsMiddleware"]
+__all__ = ["MetricsMiddleware", "RequestLimitMiddleware"]
 
 
 class MetricsMiddleware:
@@ -42,21 +42,29 @@ class MetricsMiddleware:
             )
 
 
-class BodyLimitMiddleware:
-    """Refuses bodies over `max_bytes` with 413 before they are parsed."""
+class RequestLimitMiddleware:
+    """Refuses headers over `max_header_bytes` with 431 and bodies over `max_bytes` with 413,
+    before they are parsed (the HTTP parser in front sets no header limit of its own)."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, max_header_bytes: int = 32 << 10) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.max_header_bytes = max_header_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        header_bytes = 0
         for name, value in scope["headers"]:
+            header_bytes += len(name) + len(value)
             if name == b"content-length" and value.isdigit() and int(value) > self.max_bytes:
-                await self._refuse(send)
+                await _refuse(send, 413, f"request body larger than {self.max_bytes} bytes")
                 return
+        if header_bytes > self.max_header_bytes:
+            detail = f"request headers larger than {self.max_header_bytes} bytes"
+            await _refuse(send, 431, detail)
+            return
         received = 0
 
         async def limited_receive() -> Message:
@@ -71,18 +79,18 @@ class BodyLimitMiddleware:
         try:
             await self.app(scope, limited_receive, send)
         except _TooLarge:
-            await self._refuse(send)
+            await _refuse(send, 413, f"request body larger than {self.max_bytes} bytes")
 
-    async def _refuse(self, send: Send) -> None:
-        body = json.dumps({"detail": f"request body larger than {self.max_bytes} bytes"}).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 413,
-                "headers": [(b"content-type", b"application/json")],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
+
+async def _refuse(send: Send, status: int, detail: str) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", b"application/json")],
+        }
+    )
+    await send({"type": "http.response.body", "body": json.dumps({"detail": detail}).encode()})
 
 
 class _TooLarge(Exception):

@@ -1,0 +1,84 @@
+"""How the service answers what it cannot take: a 4xx that names the field and the rule,
+and a 500 only for its own faults, logged, never echoing a traceback."""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exception_handlers import http_exception_handler
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+from starlette.responses import Response
+
+__all__ = ["install_error_handlers", "json_safe"]
+
+log = logging.getLogger("aiassist.server")
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """The handlers below, and a 422 documented as the service sends it."""
+    app.add_exception_handler(RequestValidationError, _invalid)  # type: ignore[arg-type]
+    app.add_exception_handler(HTTPException, _refused)  # type: ignore[arg-type]
+    app.add_exception_handler(Exception, _internal_error)
+
+    def openapi() -> dict[str, Any]:
+        built = app.openapi_schema is not None
+        schema = FastAPI.openapi(app)
+        if not built:
+            _document_checks(schema)
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+def _document_checks(schema: dict[str, Any]) -> None:
+    """FastAPI documents a 422 as a list of field errors; the service's own checks of a
+    valid-looking body (a flow that does not compile, a run without its script) answer
+    422 with a message or a list of problems."""
+    error = schema.get("components", {}).get("schemas", {}).get("HTTPValidationError")
+    if error is not None:
+        fields = error["properties"]["detail"]
+        error["properties"]["detail"] = {
+            "anyOf": [fields, {"type": "string"}, {"type": "object"}],
+            "title": "Detail",
+        }
+
+
+def json_safe(value: Any) -> Any:
+    """`value` with NaN and ±Infinity as the strings Python's JSON parser read them from:
+    strict JSON has no such numbers, so an error echoing them must not hold them raw."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    if isinstance(value, dict):
+        return {key: json_safe(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(item) for item in value]
+    return value
+
+
+async def _invalid(request: Request, exc: RequestValidationError) -> Response:
+    media = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+    whole_body = any(tuple(e["loc"]) == ("body",) for e in exc.errors())
+    if whole_body and media and media != "application/json" and not media.endswith("+json"):
+        # curl -d sends form encoding: name the fix, not a pydantic error about a string
+        detail = f"send the body as JSON, with 'content-type: application/json' (not {media[:100]})"
+        return JSONResponse({"detail": detail}, status_code=415)
+    errors = json_safe(jsonable_encoder(exc.errors()))
+    return JSONResponse({"detail": errors}, status_code=422)
+
+
+async def _refused(request: Request, exc: HTTPException) -> Response:
+    if isinstance(exc.__cause__, RecursionError):  # FastAPI's "error parsing the body"
+        detail = "the JSON body nests too deeply to parse; keep it under a few hundred levels"
+        return JSONResponse({"detail": detail}, status_code=400)
+    return await http_exception_handler(request, exc)
+
+
+async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
+    log.exception("unhandled error on %s %s", request.method, request.url.path)
+    return JSONResponse({"detail": "internal error; see the service log"}, status_code=500)

@@ -1,0 +1,158 @@
+"""Bad input never reaches a 500: every operation of the service's OpenAPI, fuzzed over real
+HTTP (schemathesis, valid and invalid data) with no key and with a key of each scope, plus
+the JSON Python accepts and the standard does not, bodies that nest too deep, wrong content
+types and oversize headers. The service is a child process whose memory is watched."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import schemathesis
+from hypothesis import HealthCheck, settings
+from schemathesis import GenerationMode
+from schemathesis.checks import not_a_server_error
+from schemathesis.specs.openapi.checks import response_schema_conformance
+
+from aiassist.server.app import create_app
+from aiassist.settings import Settings
+from aiassist.store.db import make_engine, make_sessionmaker, upgrade
+from aiassist.store.keys import SCOPES, KeyStore
+
+from .conftest import ServiceProcess, free_port
+
+EXAMPLES = int(os.environ.get("AIASSIST_FUZZ_EXAMPLES", "10"))
+RSS_GROWTH_BOUND = 256 << 20  # what a leak per request would exceed over the run
+
+
+@dataclass
+class Fuzzed:
+    service: ServiceProcess
+    keys: dict[str, dict[str, str]]  # "none" and each scope -> its headers
+    rss_at_start: int
+
+    def rss(self) -> int:
+        assert self.service.proc is not None and self.service.proc.poll() is None, "it died"
+        status = Path(f"/proc/{self.service.proc.pid}/status").read_text()
+        [kib] = [line.split()[1] for line in status.splitlines() if line.startswith("VmRSS:")]
+        return int(kib) << 10
+
+
+@pytest.fixture(scope="module")
+def fuzzed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fuzzed]:
+    data = tmp_path_factory.mktemp("fuzz")
+    settings = Settings(data_dir=data, database_url=f"sqlite:///{data / 'aiassist.db'}")
+    upgrade(settings.resolved_database_url)
+    service = ServiceProcess(settings, free_port())
+    service.start()
+    engine = make_engine(settings.resolved_database_url)
+    store = KeyStore(make_sessionmaker(engine), cache_seconds=0)
+    keys = {"none": {}} | {
+        scope: {"authorization": f"Bearer {store.create(f'fuzz {scope}', [scope]).token}"}
+        for scope in SCOPES
+    }
+    engine.dispose()
+    try:
+        yield Fuzzed(service, keys, 0)
+    finally:
+        service.kill()
+
+
+def _schema() -> Any:
+    """The OpenAPI the service serves, built as `aiassist serve` builds it (no database is
+    opened before the lifespan starts)."""
+    built = create_app(Settings(data_dir=Path(tempfile.mkdtemp(prefix="aiassist-schema-"))))
+    loaded = schemathesis.openapi.from_dict(built.openapi())
+    loaded.config.generation.update(modes=[GenerationMode.POSITIVE, GenerationMode.NEGATIVE])
+    return loaded
+
+
+schema = _schema()
+
+
+@schema.parametrize()
+@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
+def test_no_input_reaches_a_server_error(case: Any, fuzzed: Fuzzed) -> None:
+    if not fuzzed.rss_at_start:
+        fuzzed.rss_at_start = fuzzed.rss()
+    for headers in fuzzed.keys.values():
+        case.call_and_validate(
+            base_url=fuzzed.service.url,
+            headers=headers,
+            checks=[not_a_server_error, response_schema_conformance],
+            timeout=30,
+        )
+    assert fuzzed.rss() - fuzzed.rss_at_start < RSS_GROWTH_BOUND
+
+
+def _post_operations(fuzzed: Fuzzed) -> list[str]:
+    paths = httpx.get(f"{fuzzed.service.url}/openapi.json").json()["paths"]
+    return [path for path, ops in paths.items() if "post" in ops]
+
+
+NOT_JSON_NUMBERS = ["NaN", "Infinity", "-Infinity"]
+
+
+@pytest.mark.parametrize("number", NOT_JSON_NUMBERS)
+def test_nan_and_infinity_are_422_naming_the_field(fuzzed: Fuzzed, number: str) -> None:
+    """Python's JSON parser reads them; a decision must not take them, nor the error choke."""
+    headers = fuzzed.keys["admin"] | {"content-type": "application/json"}
+    bodies = {
+        "/v1/priority/decide": '{"features": {"deadline_in_s": %s}}',
+        "/v1/reference/decide": '{"features": {"signal": %s}}',
+        "/v1/priority/outcome": '{"decision_id": "d1", "outcome": {"waited_s": %s, "ran_s": 1}}',
+    }
+    for path, body in bodies.items():
+        response = httpx.post(f"{fuzzed.service.url}{path}", content=body % number, headers=headers)
+        assert response.status_code == 422, (path, response.text)
+        [error] = [e for e in response.json()["detail"] if e["type"] == "finite_number"]
+        assert error["input"] == number
+        assert error["loc"][-1] in {"deadline_in_s", "signal", "waited_s"}
+
+
+def test_every_post_answers_bad_bodies_with_a_4xx_and_a_message(fuzzed: Fuzzed) -> None:
+    deep = "[" * 5000 + "]" * 5000
+    bad = [
+        ("application/json", deep),
+        ("application/json", '{"features": {"x": NaN}, "batch": [Infinity]}'),
+        ("application/json", json.dumps({"task": "x" * 900_000})),
+        ("application/json", '{"features": "\udcff\x00\u202e"}'.encode("utf-8", "surrogatepass")),
+        ("application/json", b"\xff\xfe{not json"),
+        ("application/x-www-form-urlencoded", "features=1"),
+        ("text/plain", "hello"),
+        ("application/json", json.dumps([1, 2, 3])),
+    ]
+    for path in _post_operations(fuzzed):
+        url = f"{fuzzed.service.url}{path.replace('{', '').replace('}', '')}"
+        for content_type, body in bad:
+            headers = fuzzed.keys["admin"] | {"content-type": content_type}
+            response = httpx.post(url, content=body, headers=headers, timeout=30)
+            assert 400 <= response.status_code < 500, (path, content_type, response.text[:300])
+            assert response.json()["detail"], (path, content_type)
+
+
+def test_deep_nesting_says_so(fuzzed: Fuzzed) -> None:
+    response = httpx.post(
+        f"{fuzzed.service.url}/v1/reference/decide",
+        content="[" * 5000 + "]" * 5000,
+        headers=fuzzed.keys["decide"] | {"content-type": "application/json"},
+    )
+    assert response.status_code == 400
+    assert "nests too deeply" in response.json()["detail"]
+
+
+def test_oversize_headers_are_refused_not_crashed(fuzzed: Fuzzed) -> None:
+    response = httpx.get(
+        f"{fuzzed.service.url}/v1/modules",
+        headers=fuzzed.keys["decide"] | {"x-filler": "a" * 70_000},
+    )
+    assert response.status_code == 431
+    assert "headers larger than" in response.json()["detail"]
+    assert httpx.get(f"{fuzzed.service.url}/healthz").status_code == 200
