@@ -30,7 +30,8 @@ def require(scope: str) -> Callable[..., Awaitable[Principal]]:
 
     async def dependency(
         request: Request,
-        bearer: HTTPAuthorizationCredentials | None = Security(_bearer),
+        # The scope named here is what the OpenAPI document lists as the operation's role.
+        bearer: HTTPAuthorizationCredentials | None = Security(_bearer, scopes=[scope]),
     ) -> Principal:
         state = request.app.state.aiassist
         if not state.settings.auth:

@@ -1,0 +1,155 @@
+"""Every operation the service documents, called with no key, a forged key and a key of each
+scope, over real HTTP: the scope an operation needs is the role its OpenAPI security lists,
+the operations without one are exactly the public ones, and a key revoked in another process
+stops working within AIASSIST_KEY_CACHE_SECONDS."""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from aiassist.server.app import create_app
+from aiassist.settings import Settings
+from aiassist.store.db import make_engine, make_sessionmaker, upgrade
+from aiassist.store.keys import SCOPES, KeyStore
+
+from .conftest import ServiceProcess, free_port
+
+# Public by design: probes, the Prometheus scrape, and the flows' webhooks (HMAC-signed).
+PUBLIC = {
+    ("get", "/healthz"),
+    ("get", "/readyz"),
+    ("get", "/metrics"),
+    ("post", "/v1/hooks/{name}"),
+}
+KEY_CACHE_SECONDS = 1.0
+
+
+@dataclass(frozen=True)
+class Operation:
+    method: str
+    path: str  # with its parameters filled in
+    template: str
+    scopes: frozenset[str]  # empty: public
+
+    def __str__(self) -> str:
+        return f"{self.method.upper()} {self.template}"
+
+
+def _filled(template: str, parameters: list[dict[str, Any]]) -> str:
+    for parameter in parameters:
+        if parameter["in"] == "path":
+            value = "1" if parameter["schema"].get("type") == "integer" else "x"
+            template = template.replace(f"{{{parameter['name']}}}", value)
+    return template
+
+
+def _roles(operation: dict[str, Any]) -> frozenset[str]:
+    return frozenset(role for need in operation.get("security", []) for role in need["HTTPBearer"])
+
+
+def _operations() -> list[Operation]:
+    document = create_app(Settings(data_dir=Path(tempfile.mkdtemp(prefix="aiassist-")))).openapi()
+    return [
+        Operation(
+            method,
+            _filled(template, operation.get("parameters", [])),
+            template,
+            _roles(operation),
+        )
+        for template, methods in document["paths"].items()
+        for method, operation in methods.items()
+    ]
+
+
+OPERATIONS = _operations()
+
+
+@dataclass
+class Service:
+    process: ServiceProcess
+    store: KeyStore
+    tokens: dict[str, str]  # scope -> a key holding only it
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
+    data = tmp_path_factory.mktemp("auth")
+    settings = Settings(data_dir=data, database_url=f"sqlite:///{data / 'aiassist.db'}")
+    upgrade(settings.resolved_database_url)
+    process = ServiceProcess(settings, free_port())
+    process.env["AIASSIST_KEY_CACHE_SECONDS"] = str(KEY_CACHE_SECONDS)
+    process.start()
+    engine = make_engine(settings.resolved_database_url)
+    store = KeyStore(make_sessionmaker(engine), cache_seconds=0)
+    tokens = {scope: store.create(f"matrix {scope}", [scope]).token for scope in SCOPES}
+    try:
+        yield Service(process, store, tokens)
+    finally:
+        process.kill()
+        engine.dispose()
+
+
+def _call(service: Service, operation: Operation, token: str | None) -> httpx.Response:
+    headers = {"authorization": f"Bearer {token}"} if token else {}
+    body = {} if operation.method in ("post", "put", "patch") else None
+    return httpx.request(
+        operation.method, service.process.url + operation.path, json=body, headers=headers
+    )
+
+
+def test_public_operations_are_exactly_the_listed_ones() -> None:
+    assert {(op.method, op.template) for op in OPERATIONS if not op.scopes} == PUBLIC
+    assert all(len(op.scopes) == 1 and op.scopes <= set(SCOPES) for op in OPERATIONS if op.scopes)
+
+
+@pytest.mark.parametrize("operation", [op for op in OPERATIONS if op.scopes], ids=str)
+def test_each_scope_gets_what_the_operation_documents(
+    service: Service, operation: Operation
+) -> None:
+    [needed] = operation.scopes
+    missing = _call(service, operation, None)
+    assert missing.status_code == 401, missing.text
+    assert "missing API key" in missing.json()["detail"]
+    assert missing.headers["www-authenticate"] == "Bearer"
+    forged = _call(service, operation, service.tokens[needed][:-4] + "abcd")
+    assert forged.status_code == 401, forged.text
+    for scope, token in service.tokens.items():
+        response = _call(service, operation, token)
+        if scope in (needed, "admin"):
+            assert response.status_code not in (401, 403), f"{scope}: {response.text}"
+            assert response.status_code < 500, f"{scope}: {response.text}"
+        else:
+            assert response.status_code == 403, f"{scope}: {response.text}"
+            assert f"lacks the scope {needed!r}" in response.json()["detail"]
+
+
+@pytest.mark.parametrize("operation", [op for op in OPERATIONS if not op.scopes], ids=str)
+def test_public_operations_ask_no_key(service: Service, operation: Operation) -> None:
+    for token in (None, *service.tokens.values()):
+        response = _call(service, operation, token)
+        assert response.status_code not in (403, 500), response.text
+        if operation.template == "/v1/hooks/{name}":  # no flow named x: nothing to sign for
+            assert response.status_code == 404, response.text
+        else:
+            assert response.status_code == 200, response.text
+
+
+def test_a_key_revoked_elsewhere_stops_within_the_cache_window(service: Service) -> None:
+    key = service.store.create("soon revoked", ["decide"])
+    modules = Operation("get", "/v1/modules", "/v1/modules", frozenset({"decide"}))
+    assert _call(service, modules, key.token).status_code == 200  # now cached by the service
+    assert service.store.revoke(key.principal.key_id)
+    revoked_at = time.monotonic()
+    while (response := _call(service, modules, key.token)).status_code == 200:
+        assert time.monotonic() - revoked_at < KEY_CACHE_SECONDS + 1.0, "still accepted"
+    assert response.status_code == 401
+    assert response.json()["detail"] == "invalid or revoked API key"
+    assert time.monotonic() - revoked_at <= KEY_CACHE_SECONDS + 1.0
