@@ -103,6 +103,16 @@ def check_audit(result: dict[str, Any]) -> None:
     assert result["verified"]["ok"] and result["verified"]["chains"] > 2
 
 
+def check_faults(result: dict[str, Any]) -> None:
+    phases = result["phases"]
+    assert phases["baseline"]["sdk_fallbacks"] == 0, phases["baseline"]
+    for fault in ("sigkill", "sigstop", "db_unreachable"):
+        _latency(phases[fault]["latency"], "ms")
+        assert phases[fault]["sdk_fallbacks"] > 0, (fault, phases[fault])
+        assert phases[fault]["caller_exceptions"] == {}, (fault, phases[fault])
+    assert result["total_calls"] >= sum(p["calls"] for p in phases.values())
+
+
 CHECKS = {
     "latency": check_latency,
     "swap": check_swap,
@@ -110,6 +120,7 @@ CHECKS = {
     "priority": check_priority,
     "retry": check_retry,
     "audit": check_audit,
+    "faults": check_faults,
 }
 #: what these measure on PostgreSQL too (a complete results file has those rows)
 ON_POSTGRES = {"agent_overhead", "audit"}
