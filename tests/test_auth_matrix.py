@@ -97,12 +97,10 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
         engine.dispose()
 
 
-def _call(service: Service, operation: Operation, token: str | None) -> httpx.Response:
+def _call(url: str, operation: Operation, token: str | None) -> httpx.Response:
     headers = {"authorization": f"Bearer {token}"} if token else {}
     body = {} if operation.method in ("post", "put", "patch") else None
-    return httpx.request(
-        operation.method, service.process.url + operation.path, json=body, headers=headers
-    )
+    return httpx.request(operation.method, url + operation.path, json=body, headers=headers)
 
 
 def test_public_operations_are_exactly_the_listed_ones() -> None:
@@ -115,14 +113,14 @@ def test_each_scope_gets_what_the_operation_documents(
     service: Service, operation: Operation
 ) -> None:
     [needed] = operation.scopes
-    missing = _call(service, operation, None)
+    missing = _call(service.process.url, operation, None)
     assert missing.status_code == 401, missing.text
     assert "missing API key" in missing.json()["detail"]
     assert missing.headers["www-authenticate"] == "Bearer"
-    forged = _call(service, operation, service.tokens[needed][:-4] + "abcd")
+    forged = _call(service.process.url, operation, service.tokens[needed][:-4] + "abcd")
     assert forged.status_code == 401, forged.text
     for scope, token in service.tokens.items():
-        response = _call(service, operation, token)
+        response = _call(service.process.url, operation, token)
         if scope in (needed, "admin"):
             assert response.status_code not in (401, 403), f"{scope}: {response.text}"
             assert response.status_code < 500, f"{scope}: {response.text}"
@@ -134,7 +132,7 @@ def test_each_scope_gets_what_the_operation_documents(
 @pytest.mark.parametrize("operation", [op for op in OPERATIONS if not op.scopes], ids=str)
 def test_public_operations_ask_no_key(service: Service, operation: Operation) -> None:
     for token in (None, *service.tokens.values()):
-        response = _call(service, operation, token)
+        response = _call(service.process.url, operation, token)
         assert response.status_code not in (403, 500), response.text
         if operation.template == "/v1/hooks/{name}":  # no flow named x: nothing to sign for
             assert response.status_code == 404, response.text
@@ -145,11 +143,28 @@ def test_public_operations_ask_no_key(service: Service, operation: Operation) ->
 def test_a_key_revoked_elsewhere_stops_within_the_cache_window(service: Service) -> None:
     key = service.store.create("soon revoked", ["decide"])
     modules = Operation("get", "/v1/modules", "/v1/modules", frozenset({"decide"}))
-    assert _call(service, modules, key.token).status_code == 200  # now cached by the service
+    assert (
+        _call(service.process.url, modules, key.token).status_code == 200
+    )  # now cached by the service
     assert service.store.revoke(key.principal.key_id)
     revoked_at = time.monotonic()
-    while (response := _call(service, modules, key.token)).status_code == 200:
+    while (response := _call(service.process.url, modules, key.token)).status_code == 200:
         assert time.monotonic() - revoked_at < KEY_CACHE_SECONDS + 1.0, "still accepted"
     assert response.status_code == 401
     assert response.json()["detail"] == "invalid or revoked API key"
     assert time.monotonic() - revoked_at <= KEY_CACHE_SECONDS + 1.0
+
+
+def test_keys_cannot_be_checked_while_the_database_is_away(tmp_path: Path) -> None:
+    away = "postgresql+psycopg://postgres@127.0.0.1:9/aiassist?connect_timeout=1"
+    process = ServiceProcess(Settings(data_dir=tmp_path, database_url=away), free_port())
+    process.start()  # it starts, and says it is not ready
+    try:
+        assert httpx.get(f"{process.url}/readyz").status_code == 503
+        modules = Operation("get", "/v1/modules", "/v1/modules", frozenset({"decide"}))
+        response = _call(process.url, modules, "aia_0123456789ab_" + "x" * 43)
+        assert response.status_code == 503, response.text
+        assert response.headers["retry-after"] == "1"
+        assert "database is unreachable" in response.json()["detail"]
+    finally:
+        process.kill()

@@ -1,5 +1,6 @@
 """How the service answers what it cannot take: a 4xx that names the field and the rule,
-and a 500 only for its own faults, logged, never echoing a traceback."""
+a 503 while its database is unreachable (the SDK falls back and retries), and a 500 only
+for its own faults, logged, never echoing a traceback."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
@@ -24,6 +26,7 @@ def install_error_handlers(app: FastAPI) -> None:
     """The handlers below, and a 422 documented as the service sends it."""
     app.add_exception_handler(RequestValidationError, _invalid)  # type: ignore[arg-type]
     app.add_exception_handler(HTTPException, _refused)  # type: ignore[arg-type]
+    app.add_exception_handler(OperationalError, _database_away)  # type: ignore[arg-type]
     app.add_exception_handler(Exception, _internal_error)
 
     def openapi() -> dict[str, Any]:
@@ -77,6 +80,14 @@ async def _refused(request: Request, exc: HTTPException) -> Response:
         detail = "the JSON body nests too deeply to parse; keep it under a few hundred levels"
         return JSONResponse({"detail": detail}, status_code=400)
     return await http_exception_handler(request, exc)
+
+
+async def _database_away(request: Request, exc: OperationalError) -> JSONResponse:
+    """The driver's OperationalError: connection refused, lost or timed out, or SQLite's
+    database busy; not a bug in a statement, so no traceback."""
+    log.warning("database unreachable on %s %s: %s", request.method, request.url.path, exc.orig)
+    detail = "the service's database is unreachable; try again shortly"
+    return JSONResponse({"detail": detail}, status_code=503, headers={"retry-after": "1"})
 
 
 async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
