@@ -29,7 +29,7 @@ from aiassist.server import create_app
 from aiassist.settings import Settings
 from aiassist.store.audit import AuditLog
 from aiassist.store.db import make_engine, make_sessionmaker, upgrade
-from aiassist.store.keys import KeyStore
+from aiassist.store.keys import SCOPES, KeyStore
 
 if TYPE_CHECKING:
     from aiassist.training.daemon import ModelDaemon
@@ -303,6 +303,35 @@ class ServiceProcess:
             self.proc.kill()
             self.proc.wait(15)
             self.proc = None
+
+
+@dataclass
+class ScopedService:
+    """A service process on a SQLite database of its own, holding a key of each scope."""
+
+    process: ServiceProcess
+    store: KeyStore
+    tokens: dict[str, str]  # scope -> a key holding only it
+
+    def headers(self, scope: str) -> dict[str, str]:
+        return {"authorization": f"Bearer {self.tokens[scope]}"}
+
+
+@contextmanager
+def scoped_service(data: Path, **env: str) -> Iterator[ScopedService]:
+    settings = Settings(data_dir=data, database_url=f"sqlite:///{data / 'aiassist.db'}")
+    upgrade(settings.resolved_database_url)
+    process = ServiceProcess(settings, free_port())
+    process.env |= env
+    process.start()
+    engine = make_engine(settings.resolved_database_url)
+    store = KeyStore(make_sessionmaker(engine), cache_seconds=0)
+    tokens = {scope: store.create(f"{scope} key", [scope]).token for scope in SCOPES}
+    try:
+        yield ScopedService(process, store, tokens)
+    finally:
+        process.kill()
+        engine.dispose()
 
 
 @pytest.fixture

@@ -17,10 +17,9 @@ import pytest
 
 from aiassist.server.app import create_app
 from aiassist.settings import Settings
-from aiassist.store.db import make_engine, make_sessionmaker, upgrade
-from aiassist.store.keys import SCOPES, KeyStore
+from aiassist.store.keys import SCOPES
 
-from .conftest import ServiceProcess, free_port
+from .conftest import ScopedService, ServiceProcess, free_port, scoped_service
 
 # Public by design: probes, the Prometheus scrape, and the flows' webhooks (HMAC-signed).
 PUBLIC = {
@@ -72,29 +71,11 @@ def _operations() -> list[Operation]:
 OPERATIONS = _operations()
 
 
-@dataclass
-class Service:
-    process: ServiceProcess
-    store: KeyStore
-    tokens: dict[str, str]  # scope -> a key holding only it
-
-
 @pytest.fixture(scope="module")
-def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
-    data = tmp_path_factory.mktemp("auth")
-    settings = Settings(data_dir=data, database_url=f"sqlite:///{data / 'aiassist.db'}")
-    upgrade(settings.resolved_database_url)
-    process = ServiceProcess(settings, free_port())
-    process.env["AIASSIST_KEY_CACHE_SECONDS"] = str(KEY_CACHE_SECONDS)
-    process.start()
-    engine = make_engine(settings.resolved_database_url)
-    store = KeyStore(make_sessionmaker(engine), cache_seconds=0)
-    tokens = {scope: store.create(f"matrix {scope}", [scope]).token for scope in SCOPES}
-    try:
-        yield Service(process, store, tokens)
-    finally:
-        process.kill()
-        engine.dispose()
+def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ScopedService]:
+    cache = {"AIASSIST_KEY_CACHE_SECONDS": str(KEY_CACHE_SECONDS)}
+    with scoped_service(tmp_path_factory.mktemp("auth"), **cache) as service:
+        yield service
 
 
 def _call(url: str, operation: Operation, token: str | None) -> httpx.Response:
@@ -110,7 +91,7 @@ def test_public_operations_are_exactly_the_listed_ones() -> None:
 
 @pytest.mark.parametrize("operation", [op for op in OPERATIONS if op.scopes], ids=str)
 def test_each_scope_gets_what_the_operation_documents(
-    service: Service, operation: Operation
+    service: ScopedService, operation: Operation
 ) -> None:
     [needed] = operation.scopes
     missing = _call(service.process.url, operation, None)
@@ -130,7 +111,7 @@ def test_each_scope_gets_what_the_operation_documents(
 
 
 @pytest.mark.parametrize("operation", [op for op in OPERATIONS if not op.scopes], ids=str)
-def test_public_operations_ask_no_key(service: Service, operation: Operation) -> None:
+def test_public_operations_ask_no_key(service: ScopedService, operation: Operation) -> None:
     for token in (None, *service.tokens.values()):
         response = _call(service.process.url, operation, token)
         assert response.status_code not in (403, 500), response.text
@@ -140,7 +121,7 @@ def test_public_operations_ask_no_key(service: Service, operation: Operation) ->
             assert response.status_code == 200, response.text
 
 
-def test_a_key_revoked_elsewhere_stops_within_the_cache_window(service: Service) -> None:
+def test_a_key_revoked_elsewhere_stops_within_the_cache_window(service: ScopedService) -> None:
     key = service.store.create("soon revoked", ["decide"])
     modules = Operation("get", "/v1/modules", "/v1/modules", frozenset({"decide"}))
     assert (

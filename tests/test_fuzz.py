@@ -23,10 +23,8 @@ from schemathesis.specs.openapi.checks import response_schema_conformance
 
 from aiassist.server.app import create_app
 from aiassist.settings import Settings
-from aiassist.store.db import make_engine, make_sessionmaker, upgrade
-from aiassist.store.keys import SCOPES, KeyStore
 
-from .conftest import ServiceProcess, free_port
+from .conftest import ScopedService, scoped_service
 
 EXAMPLES = int(os.environ.get("AIASSIST_FUZZ_EXAMPLES", "10"))
 RSS_GROWTH_BOUND = 256 << 20  # what a leak per request would exceed over the run
@@ -34,35 +32,26 @@ RSS_GROWTH_BOUND = 256 << 20  # what a leak per request would exceed over the ru
 
 @dataclass
 class Fuzzed:
-    service: ServiceProcess
+    service: ScopedService
     keys: dict[str, dict[str, str]]  # "none" and each scope -> its headers
-    rss_at_start: int
+    rss_at_start: int = 0
+
+    @property
+    def url(self) -> str:
+        return self.service.process.url
 
     def rss(self) -> int:
-        assert self.service.proc is not None and self.service.proc.poll() is None, "it died"
-        status = Path(f"/proc/{self.service.proc.pid}/status").read_text()
+        proc = self.service.process.proc
+        assert proc is not None and proc.poll() is None, "it died"
+        status = Path(f"/proc/{proc.pid}/status").read_text()
         [kib] = [line.split()[1] for line in status.splitlines() if line.startswith("VmRSS:")]
         return int(kib) << 10
 
 
 @pytest.fixture(scope="module")
 def fuzzed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fuzzed]:
-    data = tmp_path_factory.mktemp("fuzz")
-    settings = Settings(data_dir=data, database_url=f"sqlite:///{data / 'aiassist.db'}")
-    upgrade(settings.resolved_database_url)
-    service = ServiceProcess(settings, free_port())
-    service.start()
-    engine = make_engine(settings.resolved_database_url)
-    store = KeyStore(make_sessionmaker(engine), cache_seconds=0)
-    keys = {"none": {}} | {
-        scope: {"authorization": f"Bearer {store.create(f'fuzz {scope}', [scope]).token}"}
-        for scope in SCOPES
-    }
-    engine.dispose()
-    try:
-        yield Fuzzed(service, keys, 0)
-    finally:
-        service.kill()
+    with scoped_service(tmp_path_factory.mktemp("fuzz")) as service:
+        yield Fuzzed(service, {"none": {}} | {s: service.headers(s) for s in service.tokens})
 
 
 def _schema() -> Any:
@@ -84,7 +73,7 @@ def test_no_input_reaches_a_server_error(case: Any, fuzzed: Fuzzed) -> None:
         fuzzed.rss_at_start = fuzzed.rss()
     for headers in fuzzed.keys.values():
         case.call_and_validate(
-            base_url=fuzzed.service.url,
+            base_url=fuzzed.url,
             headers=headers,
             checks=[not_a_server_error, response_schema_conformance],
             timeout=30,
@@ -93,7 +82,7 @@ def test_no_input_reaches_a_server_error(case: Any, fuzzed: Fuzzed) -> None:
 
 
 def _post_operations(fuzzed: Fuzzed) -> list[str]:
-    paths = httpx.get(f"{fuzzed.service.url}/openapi.json").json()["paths"]
+    paths = httpx.get(f"{fuzzed.url}/openapi.json").json()["paths"]
     return [path for path, ops in paths.items() if "post" in ops]
 
 
@@ -110,7 +99,7 @@ def test_nan_and_infinity_are_422_naming_the_field(fuzzed: Fuzzed, number: str) 
         "/v1/priority/outcome": '{"decision_id": "d1", "outcome": {"waited_s": %s, "ran_s": 1}}',
     }
     for path, body in bodies.items():
-        response = httpx.post(f"{fuzzed.service.url}{path}", content=body % number, headers=headers)
+        response = httpx.post(f"{fuzzed.url}{path}", content=body % number, headers=headers)
         assert response.status_code == 422, (path, response.text)
         [error] = [e for e in response.json()["detail"] if e["type"] == "finite_number"]
         assert error["input"] == number
@@ -130,7 +119,7 @@ def test_every_post_answers_bad_bodies_with_a_4xx_and_a_message(fuzzed: Fuzzed) 
         ("application/json", json.dumps([1, 2, 3])),
     ]
     for path in _post_operations(fuzzed):
-        url = f"{fuzzed.service.url}{path.replace('{', '').replace('}', '')}"
+        url = f"{fuzzed.url}{path.replace('{', '').replace('}', '')}"
         for content_type, body in bad:
             headers = fuzzed.keys["admin"] | {"content-type": content_type}
             response = httpx.post(url, content=body, headers=headers, timeout=30)
@@ -140,7 +129,7 @@ def test_every_post_answers_bad_bodies_with_a_4xx_and_a_message(fuzzed: Fuzzed) 
 
 def test_deep_nesting_says_so(fuzzed: Fuzzed) -> None:
     response = httpx.post(
-        f"{fuzzed.service.url}/v1/reference/decide",
+        f"{fuzzed.url}/v1/reference/decide",
         content="[" * 5000 + "]" * 5000,
         headers=fuzzed.keys["decide"] | {"content-type": "application/json"},
     )
@@ -150,9 +139,9 @@ def test_deep_nesting_says_so(fuzzed: Fuzzed) -> None:
 
 def test_oversize_headers_are_refused_not_crashed(fuzzed: Fuzzed) -> None:
     response = httpx.get(
-        f"{fuzzed.service.url}/v1/modules",
+        f"{fuzzed.url}/v1/modules",
         headers=fuzzed.keys["decide"] | {"x-filler": "a" * 70_000},
     )
     assert response.status_code == 431
     assert "headers larger than" in response.json()["detail"]
-    assert httpx.get(f"{fuzzed.service.url}/healthz").status_code == 200
+    assert httpx.get(f"{fuzzed.url}/healthz").status_code == 200
