@@ -100,11 +100,11 @@ def _settle(load: Load, seconds: float) -> None:
     load.done.wait(seconds)  # the load runs meanwhile; nothing to await but time
 
 
-def _phase(load: Load, name: str, start: float, end: float, recover_by: float) -> dict[str, Any]:
-    """Figures of one fault: from its start until the load recovered (or `recover_by`)."""
+def _phase(load: Load, name: str, start: float, end: float) -> dict[str, Any]:
+    """Figures of one fault: from its start until the load recovered (or until now)."""
     recovered_after = load.first_served_after(end)
-    until = end + recovered_after if recovered_after is not None else recover_by
-    calls = load.between(start, max(until, end) + 1e-9)
+    until = end + recovered_after if recovered_after is not None else time.monotonic()
+    calls = [c for c in load.calls if start <= c.at <= until]
     stats = summarize((c.ns for c in calls), "ms")
     out = {
         "fault_seconds": round(end - start, 3),
@@ -140,7 +140,7 @@ def run_faults(args: argparse.Namespace, tmp: Path) -> tuple[dict[str, Any], int
         try:
             t0 = time.monotonic()
             _settle(load, args.baseline_s)
-            phases["baseline"] = _phase(load, "baseline", t0, time.monotonic(), time.monotonic())
+            phases["baseline"] = _phase(load, "baseline", t0, time.monotonic())
 
             start = time.monotonic()
             service.proc.send_signal(signal.SIGKILL)
@@ -148,7 +148,7 @@ def run_faults(args: argparse.Namespace, tmp: Path) -> tuple[dict[str, Any], int
             service.proc = spawn(argv, service.env, service.data_dir, service.url)
             end = time.monotonic()
             _settle(load, args.recovery_s)
-            phases["sigkill"] = _phase(load, "SIGKILL, restarted", start, end, time.monotonic())
+            phases["sigkill"] = _phase(load, "SIGKILL, restarted", start, end)
             phases["sigkill"]["restart_s"] = round(end - start, 3)
 
             start = time.monotonic()
@@ -157,7 +157,7 @@ def run_faults(args: argparse.Namespace, tmp: Path) -> tuple[dict[str, Any], int
             service.proc.send_signal(signal.SIGCONT)
             end = time.monotonic()
             _settle(load, args.recovery_s)
-            phases["sigstop"] = _phase(load, "SIGSTOP, resumed", start, end, time.monotonic())
+            phases["sigstop"] = _phase(load, "SIGSTOP, resumed", start, end)
 
             start = time.monotonic()
             stop(service.proc)
@@ -171,9 +171,7 @@ def run_faults(args: argparse.Namespace, tmp: Path) -> tuple[dict[str, Any], int
             service.proc = spawn(argv, service.env, service.data_dir, service.url)
             end = time.monotonic()
             _settle(load, args.recovery_s)
-            phases["db_unreachable"] |= _phase(
-                load, "database unreachable, restored", start, end, time.monotonic()
-            )
+            phases["db_unreachable"] |= _phase(load, "database unreachable, restored", start, end)
         finally:
             load.done.set()
             thread.join(10)

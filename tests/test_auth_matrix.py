@@ -69,6 +69,7 @@ def _operations() -> list[Operation]:
 
 
 OPERATIONS = _operations()
+MODULES = next(op for op in OPERATIONS if op.template == "/v1/modules")
 
 
 @pytest.fixture(scope="module")
@@ -123,13 +124,11 @@ def test_public_operations_ask_no_key(service: ScopedService, operation: Operati
 
 def test_a_key_revoked_elsewhere_stops_within_the_cache_window(service: ScopedService) -> None:
     key = service.store.create("soon revoked", ["decide"])
-    modules = Operation("get", "/v1/modules", "/v1/modules", frozenset({"decide"}))
-    assert (
-        _call(service.process.url, modules, key.token).status_code == 200
-    )  # now cached by the service
+    # now cached by the service
+    assert _call(service.process.url, MODULES, key.token).status_code == 200
     assert service.store.revoke(key.principal.key_id)
     revoked_at = time.monotonic()
-    while (response := _call(service.process.url, modules, key.token)).status_code == 200:
+    while (response := _call(service.process.url, MODULES, key.token)).status_code == 200:
         assert time.monotonic() - revoked_at < KEY_CACHE_SECONDS + 1.0, "still accepted"
     assert response.status_code == 401
     assert response.json()["detail"] == "invalid or revoked API key"
@@ -142,8 +141,7 @@ def test_keys_cannot_be_checked_while_the_database_is_away(tmp_path: Path) -> No
     process.start()  # it starts, and says it is not ready
     try:
         assert httpx.get(f"{process.url}/readyz").status_code == 503
-        modules = Operation("get", "/v1/modules", "/v1/modules", frozenset({"decide"}))
-        response = _call(process.url, modules, "aia_0123456789ab_" + "x" * 43)
+        response = _call(process.url, MODULES, "aia_0123456789ab_" + "x" * 43)
         assert response.status_code == 503, response.text
         assert response.headers["retry-after"] == "1"
         assert "database is unreachable" in response.json()["detail"]
