@@ -8,7 +8,7 @@ Each run is a process of its own (as runs spread over workers), holding one conn
 It stores transactions as the runtime stores a tool call's result: a message, a run
 update and two audit events, through `RunStore.write`, appended to the run's own chain.
 The baseline, in the same run, is the shared chain every writer appends to
-(`AuditLog.append_many`, the `main` chain: its writers queue on an advisory lock and read
+(`AuditLog.record`, the `main` chain: its writers queue on an advisory lock and read
 its head), with the same two events a transaction. Commits are durable in both. The
 figure is events appended per second, all runs together, over the same wall time; the
 trail is verified after each phase.
@@ -67,7 +67,7 @@ def _writer(url: str, shape: str, run_id: str, seconds: float, start: Any, out: 
             store.write(state, work)
         else:
             events = [("bench.tool.succeeded", run_id, {"n": done}), ("bench.policy", run_id, {})]
-            log.append_many(events, actor="bench")
+            log.record(lambda _, events=events: (None, events), actor="bench")
         done += 1
     out.put(done * EVENTS_PER_TRANSACTION)
     engine.dispose()

@@ -193,10 +193,10 @@ class Tokens:
 @pytest.fixture
 def tokens(keys: KeyStore) -> Tokens:
     return Tokens(
-        decide=keys.create("decider", ["decide"]).token,
-        outcome=keys.create("reporter", ["outcome"]).token,
-        admin=keys.create("operator", ["admin"]).token,
-        both=keys.create("backend", ["decide", "outcome"]).token,
+        decide=keys.create("decider", ["decide"], actor="test").token,
+        outcome=keys.create("reporter", ["outcome"], actor="test").token,
+        admin=keys.create("operator", ["admin"], actor="test").token,
+        both=keys.create("backend", ["decide", "outcome"], actor="test").token,
     )
 
 
@@ -326,7 +326,7 @@ def scoped_service(data: Path, **env: str) -> Iterator[ScopedService]:
     process.start()
     engine = make_engine(settings.resolved_database_url)
     store = KeyStore(make_sessionmaker(engine), cache_seconds=0)
-    tokens = {scope: store.create(f"{scope} key", [scope]).token for scope in SCOPES}
+    tokens = {scope: store.create(f"{scope} key", [scope], actor="test").token for scope in SCOPES}
     try:
         yield ScopedService(process, store, tokens)
     finally:

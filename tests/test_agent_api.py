@@ -53,10 +53,10 @@ class Keys:
 @pytest.fixture
 def agent_keys(keys: KeyStore) -> Keys:
     return Keys(
-        run=keys.create("sales-bot", ["agent:run"]).token,
-        approve=keys.create("ops", ["agent:approve"]).token,
-        other=keys.create("other-bot", ["agent:run"]).token,
-        decide=keys.create("backend", ["decide"]).token,
+        run=keys.create("sales-bot", ["agent:run"], actor="test").token,
+        approve=keys.create("ops", ["agent:approve"], actor="test").token,
+        other=keys.create("other-bot", ["agent:run"], actor="test").token,
+        decide=keys.create("backend", ["decide"], actor="test").token,
     )
 
 

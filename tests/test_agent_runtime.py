@@ -182,7 +182,7 @@ async def test_a_run_resumes_only_while_its_api_key_is_valid(
     sessions: sessionmaker[Session], backend: str
 ) -> None:
     keys = KeyStore(sessions)
-    key = keys.create("crm-bot", ["agent:run"])
+    key = keys.create("crm-bot", ["agent:run"], actor="test")
     script = [{"tool_calls": [{"name": "delete_lead", "arguments": {"lead_id": "L-1"}}]}, "ok"]
     first = runtime(sessions, backend, keys=keys)
     run = await first.start(
@@ -193,7 +193,8 @@ async def test_a_run_resumes_only_while_its_api_key_is_valid(
         provider_options={"script": script},
     )
     assert run.status == RunStatus.WAITING_APPROVAL
-    assert keys.revoke(key.principal.key_id)  # revoked while the run waits for a person
+    # revoked while the run waits for a person
+    assert keys.revoke(key.principal.key_id, actor="test")
 
     deletes = effects(backend).get("delete", 0)
     second = runtime(sessions, backend, keys=KeyStore(sessions))  # another process
@@ -208,7 +209,7 @@ async def test_a_run_resumes_only_while_its_api_key_is_valid(
     assert "agent.tool.started" not in kinds
 
     # a key that still holds agent:run goes on; a service identity is not an API key
-    live = keys.create("other-bot", ["agent:run"])
+    live = keys.create("other-bot", ["agent:run"], actor="test")
     for principal in (live.principal, SALES):
         ok = await second.start(
             "read",

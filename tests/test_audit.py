@@ -11,11 +11,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, delete, insert, select, update
+from sqlalchemy import Engine, delete, insert, select, text, update
+from sqlalchemy.exc import DBAPIError
 from typer.testing import CliRunner
 
 from aiassist.agent.runs import RunStore, Unit
 from aiassist.cli import app
+from aiassist.drift.store import DriftStore
 from aiassist.store.audit import (
     ANCHOR_CHAIN,
     GENESIS,
@@ -27,6 +29,7 @@ from aiassist.store.audit import (
     run_chain,
 )
 from aiassist.store.db import make_engine, make_sessionmaker, upgrade
+from aiassist.store.keys import KeyStore
 from aiassist.store.models import AgentRun, AuditEvent, utcnow
 
 
@@ -128,6 +131,62 @@ def test_writers_in_two_processes_keep_one_chain(
         with engine.connect() as conn:
             actors = conn.scalars(select(AuditEvent.actor).order_by(AuditEvent.seq)).all()
         assert sum(a != b for a, b in pairwise(actors)) >= 2
+
+
+_REFUSE_EVENTS = {
+    "sqlite": [
+        "CREATE TRIGGER refuse_events BEFORE INSERT ON audit_events "
+        "BEGIN SELECT RAISE(ABORT, 'audit refused'); END"
+    ],
+    "postgresql": [
+        "CREATE FUNCTION refuse_events() RETURNS trigger LANGUAGE plpgsql "
+        "AS $$ BEGIN RAISE EXCEPTION 'audit refused'; END $$",
+        "CREATE TRIGGER refuse_events BEFORE INSERT ON audit_events "
+        "FOR EACH ROW EXECUTE FUNCTION refuse_events()",
+    ],
+}
+
+
+def test_a_change_is_not_kept_without_its_audit_event(log: AuditLog, engine: Engine) -> None:
+    """A key, a version switch: made and audited in one transaction, so an event that cannot
+    be written (here refused by a trigger; in life a crash between the two) undoes the change."""
+    sessions = make_sessionmaker(engine)
+    keys, drift = KeyStore(sessions, audit=log), DriftStore(sessions, audit=log)
+    kept = keys.create("kept", ["decide"], actor="test")
+    with engine.begin() as conn:
+        for statement in _REFUSE_EVENTS[engine.dialect.name]:
+            conn.execute(text(statement))
+    with pytest.raises(DBAPIError, match="audit refused"):
+        keys.create("lost", ["decide"], actor="test")
+    with pytest.raises(DBAPIError, match="audit refused"):
+        drift.rollback("v2", "v1", actor="test")
+    with pytest.raises(DBAPIError, match="audit refused"):
+        keys.revoke(kept.principal.key_id, actor="test")
+
+    assert [key.name for key in keys.list()] == ["kept"]
+    assert keys.authenticate(kept.token) is not None
+    assert drift.routes() == []
+    check = log.verify()
+    assert check.ok and check.events == 1
+
+
+def test_changes_racing_for_the_chain_are_all_kept_with_their_events(
+    engine: Engine, log: AuditLog
+) -> None:
+    """Two stores with their own locks (as two processes): a race lost for the chain's head
+    reruns the whole change, so every key is stored once with its one event."""
+    sessions = make_sessionmaker(engine)
+    stores = [KeyStore(sessions, audit=AuditLog(sessions)) for _ in range(2)]
+    with ThreadPoolExecutor(4) as pool:
+        made = list(
+            pool.map(lambda i: stores[i % 2].create(f"k{i}", ["decide"], actor="t"), range(40))
+        )
+    assert sorted(key.name for key in stores[0].list()) == sorted(f"k{i}" for i in range(40))
+    with engine.connect() as conn:
+        audited = conn.scalars(select(AuditEvent.subject).where(AuditEvent.kind == "key.created"))
+        assert sorted(audited) == sorted(new.principal.key_id for new in made)
+    check = log.verify()
+    assert check.ok and check.events == 40
 
 
 def test_each_run_has_its_own_chain(log: AuditLog, engine: Engine) -> None:

@@ -123,10 +123,10 @@ def test_public_operations_ask_no_key(service: ScopedService, operation: Operati
 
 
 def test_a_key_revoked_elsewhere_stops_within_the_cache_window(service: ScopedService) -> None:
-    key = service.store.create("soon revoked", ["decide"])
+    key = service.store.create("soon revoked", ["decide"], actor="test")
     # now cached by the service
     assert _call(service.process.url, MODULES, key.token).status_code == 200
-    assert service.store.revoke(key.principal.key_id)
+    assert service.store.revoke(key.principal.key_id, actor="test")
     revoked_at = time.monotonic()
     while (response := _call(service.process.url, MODULES, key.token)).status_code == 200:
         assert time.monotonic() - revoked_at < KEY_CACHE_SECONDS + 1.0, "still accepted"

@@ -148,9 +148,9 @@ def stack(
             )
             engine = make_engine(pg_url)
             keys = KeyStore(make_sessionmaker(engine), cache_seconds=0)
-            runner = keys.create("ops", ["agent:run"]).token
-            approver = keys.create("manager", ["agent:approve"]).token
-            admin = keys.create("operator", ["admin"]).token
+            runner = keys.create("ops", ["agent:run"], actor="test").token
+            approver = keys.create("manager", ["agent:approve"], actor="test").token
+            admin = keys.create("operator", ["admin"], actor="test").token
             engine.dispose()
             app = create_app(settings, agent_tools=tools)
             with serving(app) as service:

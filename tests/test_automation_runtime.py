@@ -147,8 +147,8 @@ async def test_flow_runs_are_refused_clearly(sessions: sessionmaker[Session]) ->
 @pytest.mark.parametrize("db_url", ["postgres"], indirect=True)
 def test_the_api_dry_run_flag_and_the_run_list(settings: Settings, keys: KeyStore) -> None:
     backend = Backend()
-    mine = {"authorization": f"Bearer {keys.create('bot', ['agent:run']).token}"}
-    other = {"authorization": f"Bearer {keys.create('other', ['agent:run']).token}"}
+    mine = {"authorization": f"Bearer {keys.create('bot', ['agent:run'], actor='test').token}"}
+    other = {"authorization": f"Bearer {keys.create('other', ['agent:run'], actor='test').token}"}
     script = [
         {"tool_calls": [{"name": "tag_customer", "arguments": {"customer_id": 1, "tag": "vip"}}]},
         "done",

@@ -104,7 +104,7 @@ def approve_when_pending(tool: str, db: Database, approve: Any) -> str:
 async def test_stdio_lists_calls_refuses_and_waits_for_approval(
     db_url: str, database: Database, effects_file: str, tmp_path: Path
 ) -> None:
-    client_key = database.keys.create("mcp-client", ["agent:run"])
+    client_key = database.keys.create("mcp-client", ["agent:run"], actor="test")
     env = {
         "AIASSIST_DATA_DIR": str(tmp_path),
         "AIASSIST_DATABASE_URL": db_url,
@@ -169,7 +169,8 @@ async def test_stdio_lists_calls_refuses_and_waits_for_approval(
         assert not deleted.is_error, text(deleted)
         assert deleted.structured_content == {"deleted": "C-42"}
 
-        database.keys.revoke(client_key.principal.key_id)  # ends the live session's rights
+        # ends the live session's rights
+        database.keys.revoke(client_key.principal.key_id, actor="test")
         with pytest.raises(MCPError, match="revoked"):
             await client.list_tools()
 
@@ -209,7 +210,7 @@ def test_stdio_refuses_to_start_without_a_usable_key(
     wrong = serve(AIASSIST_API_KEY="aia_nope_nope")
     assert wrong.returncode == 2 and "invalid or revoked" in wrong.stderr
     decide_only = tmp_path / "key"
-    decide_only.write_text(database.keys.create("backend", ["decide"]).token)
+    decide_only.write_text(database.keys.create("backend", ["decide"], actor="test").token)
     scoped = serve("--key-file", str(decide_only))
     assert scoped.returncode == 2 and "lacks the scope 'agent:run'" in scoped.stderr
 
@@ -254,11 +255,11 @@ def test_http_needs_a_key_with_agent_run(service: str, database: Database) -> No
     assert missing.headers["www-authenticate"] == "Bearer"
     wrong = httpx.post(f"{service}/mcp", json=body, headers={"authorization": "Bearer aia_x_y"})
     assert wrong.status_code == 401 and "invalid or revoked" in wrong.json()["detail"]
-    decide = database.keys.create("backend", ["decide"]).token
+    decide = database.keys.create("backend", ["decide"], actor="test").token
     scoped = httpx.post(f"{service}/mcp", json=body, headers={"authorization": f"Bearer {decide}"})
     assert scoped.status_code == 403 and "agent:run" in scoped.json()["detail"]
-    revoked = database.keys.create("gone", ["agent:run"])
-    database.keys.revoke(revoked.principal.key_id)
+    revoked = database.keys.create("gone", ["agent:run"], actor="test")
+    database.keys.revoke(revoked.principal.key_id, actor="test")
     gone = httpx.post(
         f"{service}/mcp", json=body, headers={"authorization": f"Bearer {revoked.token}"}
     )
@@ -269,9 +270,9 @@ def test_http_needs_a_key_with_agent_run(service: str, database: Database) -> No
 async def test_http_lists_calls_refuses_and_waits_for_approval(
     service: str, database: Database, effects_file: str
 ) -> None:
-    client_key = database.keys.create("mcp-client", ["agent:run"])
-    admin = database.keys.create("operator", ["admin"]).token
-    ops = database.keys.create("ops", ["agent:approve"]).token
+    client_key = database.keys.create("mcp-client", ["agent:run"], actor="test")
+    admin = database.keys.create("operator", ["admin"], actor="test").token
+    ops = database.keys.create("ops", ["agent:approve"], actor="test").token
 
     def approve_over_the_api(approval_id: str) -> None:
         r = httpx.post(
@@ -381,7 +382,7 @@ async def test_risk_round_trips_through_the_mcp_tool_source(
     service: str, database: Database
 ) -> None:
     """aiassist's own MCP client source reads the served tools back with their risk."""
-    token = database.keys.create("mcp-client", ["agent:run"]).token
+    token = database.keys.create("mcp-client", ["agent:run"], actor="test").token
     server = HttpServer(f"{service}/mcp", auth=BearerAuth(SecretStr(token)))
     async with MCPSource("aiassist", server, connect_timeout=30) as source:
         risks = {t.name: t.risk for t in source.tools()}
@@ -425,7 +426,7 @@ def standalone(db_url: str, tmp_path: Path, effects_file: str) -> Iterator[str]:
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 async def test_standalone_http_server_process(standalone: str, database: Database) -> None:
     """`aiassist mcp serve --http`: its own process, keys checked on every request."""
-    token = database.keys.create("mcp-client", ["agent:run"]).token
+    token = database.keys.create("mcp-client", ["agent:run"], actor="test").token
     async with http_client(standalone, token) as client:
         assert [t.name for t in (await client.list_tools()).tools] == ["lookup_order"]
         found = await client.call_tool("lookup_order", {"order_id": "B-7"})

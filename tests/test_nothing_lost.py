@@ -68,7 +68,7 @@ def test_what_was_acknowledged_survives_a_sigkill(settings: Settings, keys: KeyS
     service = ServiceProcess(settings, free_port())
     service.env["AIASSIST_RECORD_FLUSH_SECONDS"] = str(FLUSH_SECONDS)
     service.start()
-    token = keys.create("backend", ["admin"]).token
+    token = keys.create("backend", ["admin"], actor="test").token
     acked = Acknowledged()
     client = threading.Thread(target=_load, args=(service.url, token, acked))
     client.start()

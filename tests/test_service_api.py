@@ -63,10 +63,10 @@ def test_scopes_are_enforced(client: httpx.Client, tokens: Tokens) -> None:
 
 
 def test_revoked_key_is_refused(client: httpx.Client, live_server: LiveServer) -> None:
-    new = live_server.state.keys.create("temp", ["decide"])
+    new = live_server.state.keys.create("temp", ["decide"], actor="test")
     headers = {"authorization": f"Bearer {new.token}"}
     assert client.post("/v1/reference/decide", json=ONE, headers=headers).is_success
-    assert live_server.state.keys.revoke(new.principal.key_id)
+    assert live_server.state.keys.revoke(new.principal.key_id, actor="test")
     assert client.post("/v1/reference/decide", json=ONE, headers=headers).status_code == 401
 
 

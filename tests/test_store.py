@@ -31,7 +31,7 @@ def test_migrations_match_the_models(db_url: str) -> None:
 
 
 def test_keys_authenticate_by_scope_and_revoke(keys: KeyStore) -> None:
-    new = keys.create("backend", ["decide", "outcome"])
+    new = keys.create("backend", ["decide", "outcome"], actor="test")
     principal = keys.authenticate(new.token)
     assert principal is not None
     assert principal.allows("decide") and principal.allows("outcome")
@@ -39,18 +39,18 @@ def test_keys_authenticate_by_scope_and_revoke(keys: KeyStore) -> None:
     assert keys.authenticate(new.token + "x") is None
     assert keys.authenticate("aia_nope_secret") is None
     assert keys.authenticate("not-a-key") is None
-    assert keys.revoke(principal.key_id)
+    assert keys.revoke(principal.key_id, actor="test")
     assert keys.authenticate(new.token) is None
-    assert not keys.revoke(principal.key_id)  # already revoked
+    assert not keys.revoke(principal.key_id, actor="test")  # already revoked
 
 
 def test_admin_implies_every_scope(keys: KeyStore) -> None:
-    principal = keys.authenticate(keys.create("ops", ["admin"]).token)
+    principal = keys.authenticate(keys.create("ops", ["admin"], actor="test").token)
     assert principal is not None and principal.allows("decide") and principal.allows("outcome")
 
 
 def test_key_secrets_are_not_stored(keys: KeyStore, db_url: str) -> None:
-    new = keys.create("backend", ["decide"])
+    new = keys.create("backend", ["decide"], actor="test")
     secret = new.token.split("_", 2)[2]
     engine = make_engine(db_url)
     with make_sessionmaker(engine)() as session:
@@ -63,16 +63,16 @@ def test_key_secrets_are_not_stored(keys: KeyStore, db_url: str) -> None:
 @pytest.mark.parametrize("scopes", [["root"], []])
 def test_bad_scopes_are_refused(keys: KeyStore, scopes: list[str]) -> None:
     with pytest.raises(ValueError, match="choose from"):
-        keys.create("x", scopes)
+        keys.create("x", scopes, actor="test")
 
 
 def test_revocation_reaches_other_replicas_after_the_cache_time(db_url: str) -> None:
     engine = make_engine(db_url)
     sessions = make_sessionmaker(engine)
     here, there = KeyStore(sessions, cache_seconds=0), KeyStore(sessions, cache_seconds=3600)
-    new = here.create("backend", ["decide"])
+    new = here.create("backend", ["decide"], actor="test")
     assert there.authenticate(new.token) is not None  # now cached over there
-    here.revoke(new.principal.key_id)
+    here.revoke(new.principal.key_id, actor="test")
     assert here.authenticate(new.token) is None
     assert there.authenticate(new.token) is not None  # stale until its cache expires
     assert KeyStore(sessions, cache_seconds=0).authenticate(new.token) is None

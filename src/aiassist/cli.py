@@ -60,13 +60,18 @@ def _settings() -> Settings:
         raise typer.Exit(2) from None
 
 
-def _stores(settings: Settings) -> tuple[KeyStore, AuditLog]:
+def _audit(settings: Settings) -> AuditLog:
     from aiassist.store.audit import AuditLog
+    from aiassist.store.db import make_engine, make_sessionmaker
+
+    return AuditLog(make_sessionmaker(make_engine(settings.resolved_database_url)))
+
+
+def _keys(settings: Settings) -> KeyStore:
     from aiassist.store.db import make_engine, make_sessionmaker
     from aiassist.store.keys import KeyStore
 
-    sessions = make_sessionmaker(make_engine(settings.resolved_database_url))
-    return KeyStore(sessions), AuditLog(sessions)
+    return KeyStore(make_sessionmaker(make_engine(settings.resolved_database_url)))
 
 
 @app.callback(invoke_without_command=True)
@@ -198,10 +203,8 @@ def _key_once(settings: Settings, path: Path, name: str, scopes: list[str]) -> N
     """Create a key into `path` unless it is there (auth off: nothing to create)."""
     if not settings.auth or path.exists():
         return
-    keys, audit = _stores(settings)
-    new = keys.create(name, scopes)
+    new = _keys(settings).create(name, scopes, actor="cli:up")
     _write_secret(path, new.token)
-    audit.append("key.created", new.principal.key_id, actor="cli:up", data={"scopes": scopes})
 
 
 def _start_daemon() -> subprocess.Popen[bytes] | None:
@@ -252,13 +255,11 @@ def keys_create(
     scope: Annotated[list[str], typer.Option(help="Scope to grant; repeat for several.")],
 ) -> None:
     """Create a key. Its secret is printed once and never stored."""
-    keys, audit = _stores(_settings())
     try:
-        new = keys.create(name, scope)
+        new = _keys(_settings()).create(name, scope, actor="cli")
     except ValueError as exc:
         err.print(f"[red]{exc}[/red]")
         raise typer.Exit(2) from None
-    audit.append("key.created", new.principal.key_id, actor="cli", data={"scopes": sorted(scope)})
     err.print(
         f"created key [bold]{new.principal.key_id}[/bold]; store it now, it is not shown again:"
     )
@@ -268,7 +269,7 @@ def keys_create(
 @keys_app.command("list")
 def keys_list() -> None:
     """List keys (ids, names, scopes; never secrets)."""
-    keys, _ = _stores(_settings())
+    keys = _keys(_settings())
     table = Table("id", "name", "scopes", "created", "revoked")
     for row in keys.list():
         revoked = row.revoked_at.strftime("%Y-%m-%d %H:%M") if row.revoked_at else ""
@@ -281,11 +282,9 @@ def keys_list() -> None:
 @keys_app.command("revoke")
 def keys_revoke(key_id: Annotated[str, typer.Argument(help="The key's id.")]) -> None:
     """Revoke a key (every replica stops accepting it within AIASSIST_KEY_CACHE_SECONDS)."""
-    keys, audit = _stores(_settings())
-    if not keys.revoke(key_id):
+    if not _keys(_settings()).revoke(key_id, actor="cli"):
         err.print(f"[red]no active key with id {key_id!r}[/red]")
         raise typer.Exit(1)
-    audit.append("key.revoked", key_id, actor="cli")
     console.print(f"revoked {key_id}")
 
 
@@ -379,9 +378,8 @@ def _move_tag(
     except RegistryError as exc:
         err.print(f"[red]{exc}[/red]")
         raise typer.Exit(1) from None
-    _, audit = _stores(settings)
     kind = "model.rolled_back" if rollback else "model.tag_moved"
-    audit.append(kind, f"{module}/{tag}", actor="cli", data=move.model_dump(mode="json"))
+    _audit(settings).append(kind, f"{module}/{tag}", actor="cli", data=move.model_dump(mode="json"))
     console.print(f"{module}: {tag} -> {move.version} (was {move.previous})")
 
 
@@ -425,9 +423,8 @@ def _daemon(settings: Settings) -> ModelDaemon:
     url = settings.resolved_database_url
     if url.startswith("sqlite"):  # the embedded default migrates itself
         upgrade(url)
-    _, audit = _stores(settings)
     return ModelDaemon(
-        settings, _registry(settings), make_engine(url), audit, dict(available_modules())
+        settings, _registry(settings), make_engine(url), _audit(settings), dict(available_modules())
     )
 
 

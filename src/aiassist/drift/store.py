@@ -12,11 +12,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from sqlalchemy import delete, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from aiassist.drift.profile import Profile
-from aiassist.store.audit import AuditLog
+from aiassist.store.audit import AuditLog, Event
 from aiassist.store.models import DriftIncident, DriftProfile, DriftRoute, utcnow
 
 __all__ = ["DriftError", "DriftState", "DriftStore", "incident_json", "route_json"]
@@ -140,7 +140,10 @@ class DriftStore:
     ) -> tuple[DriftIncident, DriftRoute | None] | None:
         """Record a detection and, with `rollback`, switch the version to the stable one.
         None when the stream already has an unresolved incident (another process found it)."""
-        with self._sessions() as session:
+
+        def change(
+            session: Session,
+        ) -> tuple[tuple[DriftIncident, DriftRoute | None] | None, list[Event]]:
             existing = session.scalar(
                 select(DriftIncident.id).where(
                     DriftIncident.endpoint == endpoint,
@@ -149,9 +152,9 @@ class DriftStore:
                 )
             )
             if existing is not None:
-                return None
-            route = session.get(DriftRoute, version)
-            switch = rollback and route is None and version != stable_version
+                return None, []
+            switch = rollback and session.get(DriftRoute, version) is None
+            switch = switch and version != stable_version
             incident = DriftIncident(
                 endpoint=endpoint,
                 version=version,
@@ -166,33 +169,30 @@ class DriftStore:
             )
             session.add(incident)
             session.flush()
-            if switch:
-                route = DriftRoute(
-                    version=version,
-                    target=stable_version,
-                    incident_id=incident.id,
-                    actor=actor,
-                    reason=f"incident {incident.id}: {explanation}"[:500],
-                )
-                session.add(route)
-            else:
-                route = None
-            session.commit()
-        data = {
-            "endpoint": endpoint,
-            "severity": severity,
-            "fields": fields,
-            "incident": incident.id,
-        }
-        self._audit.append("drift.detected", f"{endpoint} {version}", actor=actor, data=data)
-        if route is not None:
-            self._audit.append(
-                "drift.rolled_back",
-                f"{version}->{stable_version}",
+            data = {"endpoint": endpoint, "severity": severity, "fields": fields}
+            events: list[Event] = [
+                ("drift.detected", f"{endpoint} {version}", {**data, "incident": incident.id})
+            ]
+            if not switch:
+                return (incident, None), events
+            route = DriftRoute(
+                version=version,
+                target=stable_version,
+                incident_id=incident.id,
                 actor=actor,
-                data={"incident": incident.id, "endpoint": endpoint},
+                reason=f"incident {incident.id}: {explanation}"[:500],
             )
-        return incident, route
+            session.add(route)
+            events.append(
+                (
+                    "drift.rolled_back",
+                    f"{version}->{stable_version}",
+                    {"incident": incident.id, "endpoint": endpoint},
+                )
+            )
+            return (incident, route), events
+
+        return self._audit.record(change, actor=actor)
 
     def incidents(
         self, status: Status | None = None, version: str | None = None, limit: int = 100
@@ -214,7 +214,8 @@ class DriftStore:
 
     def acknowledge(self, incident_id: int, *, actor: str, note: str = "") -> DriftIncident:
         """An operator has seen it: alerts about it stop, the switch stays."""
-        with self._sessions() as session:
+
+        def change(session: Session) -> tuple[DriftIncident, list[Event]]:
             row = session.get(DriftIncident, incident_id)
             if row is None:
                 raise DriftError(f"no drift incident {incident_id}", "not_found")
@@ -222,11 +223,9 @@ class DriftStore:
                 raise DriftError(f"incident {incident_id} is already {row.status}", "conflict")
             row.status, row.acknowledged_at, row.acknowledged_by = "acknowledged", utcnow(), actor
             row.note = note[:500] or None
-            session.commit()
-        self._audit.append(
-            "drift.acknowledged", f"incident {incident_id}", actor=actor, data={"note": note}
-        )
-        return row
+            return row, [("drift.acknowledged", f"incident {incident_id}", {"note": note})]
+
+        return self._audit.record(change, actor=actor)
 
     # --- routes --------------------------------------------------------------------------
     def routes(self) -> list[DriftRoute]:
@@ -237,7 +236,8 @@ class DriftStore:
         """Send `version`'s requests to `to` by hand."""
         if version == to:
             raise DriftError(f"cannot route {version} to itself", "invalid")
-        with self._sessions() as session:
+
+        def change(session: Session) -> tuple[DriftRoute, list[Event]]:
             existing = session.get(DriftRoute, version)
             if existing is not None:
                 raise DriftError(
@@ -248,11 +248,9 @@ class DriftStore:
                 raise DriftError(f"{to} is itself rolled back: choose its target", "conflict")
             route = DriftRoute(version=version, target=to, actor=actor, reason=reason[:500])
             session.add(route)
-            session.commit()
-        self._audit.append(
-            "drift.rolled_back", f"{version}->{to}", actor=actor, data={"reason": reason}
-        )
-        return route
+            return route, [("drift.rolled_back", f"{version}->{to}", {"reason": reason})]
+
+        return self._audit.record(change, actor=actor)
 
     def roll_forward(
         self, version: str, *, actor: str, accept: bool = False, reason: str = ""
@@ -260,7 +258,8 @@ class DriftStore:
         """Serve `version` by itself again and resolve its incidents. With `accept`, the
         fields those incidents named are taken as the version's intended change and are no
         longer tested on it."""
-        with self._sessions() as session:
+
+        def change(session: Session) -> tuple[tuple[DriftRoute | None, list[int]], list[Event]]:
             route = session.get(DriftRoute, version)
             rows = session.scalars(
                 select(DriftIncident).where(
@@ -276,21 +275,17 @@ class DriftStore:
                 row.status, row.resolved_at, row.resolved_by = "resolved", now, actor
                 row.accepted = accept
             if route is not None:
-                session.execute(delete(DriftRoute).where(DriftRoute.version == version))
-            session.commit()
+                session.delete(route)
             resolved = [row.id for row in rows]
-        self._audit.append(
-            "drift.rolled_forward",
-            version,
-            actor=actor,
-            data={
+            data = {
                 "was_routed_to": route.target if route else None,
                 "resolved": resolved,
                 "accepted": accept,
                 "reason": reason,
-            },
-        )
-        return route, resolved
+            }
+            return (route, resolved), [("drift.rolled_forward", version, data)]
+
+        return self._audit.record(change, actor=actor)
 
     # --- what a guard honours ------------------------------------------------------------
     def state(self) -> DriftState:

@@ -18,10 +18,10 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import Connection, func, insert, select, text
 from sqlalchemy.exc import IntegrityError
@@ -53,6 +53,7 @@ GENESIS = "0" * 64
 _RETRIES = 20
 
 Event = tuple[str, str, dict[str, Any]]  # kind, subject, JSON-able data
+T = TypeVar("T")
 
 
 def run_chain(run_id: str) -> str:
@@ -177,26 +178,39 @@ class AuditLog:
         data: dict[str, Any] | None = None,
         chain: str = MAIN_CHAIN,
     ) -> None:
-        self.append_many([(kind, subject, plain_json(data or {}))], actor=actor, chain=chain)
+        self.record(lambda _: (None, [(kind, subject, data or {})]), actor=actor, chain=chain)
 
-    def append_many(self, events: Sequence[Event], *, actor: str, chain: str = MAIN_CHAIN) -> None:
-        """Append to a chain several processes write: writers queue on an advisory lock on
-        PostgreSQL (SQLite has one writer at a time anyway); a race lost is retried."""
-        for attempt in range(_RETRIES):
-            with self._lock, self._sessions.begin() as session:
-                connection = session.connection()
-                if connection.dialect.name == "postgresql":
-                    connection.execute(
-                        text("SELECT pg_advisory_xact_lock(hashtext(:chain))"), {"chain": chain}
-                    )
-                try:
-                    append_events(connection, actor, events, head_of(connection, chain))
-                except IntegrityError:
-                    if attempt == _RETRIES - 1:
-                        raise
-                    session.rollback()
-                    continue
-                return
+    def record(
+        self,
+        change: Callable[[Session], tuple[T, Sequence[Event]]],
+        *,
+        actor: str,
+        chain: str = MAIN_CHAIN,
+    ) -> T:
+        """Run `change` and append the events it returns in one transaction, so a crash
+        keeps both or neither. Writers of a chain queue on an advisory lock on PostgreSQL
+        (SQLite has one writer at a time anyway); a race lost reruns the whole change."""
+        for _ in range(_RETRIES - 1):
+            try:
+                return self._record_once(change, actor, chain)
+            except IntegrityError:
+                continue
+        return self._record_once(change, actor, chain)
+
+    def _record_once(
+        self, change: Callable[[Session], tuple[T, Sequence[Event]]], actor: str, chain: str
+    ) -> T:
+        with self._lock, self._sessions.begin() as session:
+            connection = session.connection()
+            if connection.dialect.name == "postgresql":
+                connection.execute(
+                    text("SELECT pg_advisory_xact_lock(hashtext(:chain))"), {"chain": chain}
+                )
+            result, events = change(session)
+            session.flush()
+            plain = [(kind, subject, plain_json(data)) for kind, subject, data in events]
+            append_events(connection, actor, plain, head_of(connection, chain))
+            return result
 
     def anchor(self) -> int:
         """Record the head of every chain that grew since the last anchor; how many did."""
@@ -223,11 +237,8 @@ class AuditLog:
             return 0
         heads = {chain: [seq, digest] for chain, seq, digest, _ in rows}
         upto = max(top for *_, top in rows)
-        self.append_many(
-            [("audit.anchor", f"{len(heads)} chains", {"upto": upto, "heads": heads})],
-            actor="audit",
-            chain=ANCHOR_CHAIN,
-        )
+        event = ("audit.anchor", f"{len(heads)} chains", {"upto": upto, "heads": heads})
+        self.record(lambda _: (None, [event]), actor="audit", chain=ANCHOR_CHAIN)
         return len(heads)
 
     def verify(self) -> ChainCheck:

@@ -3,7 +3,7 @@
 Keys are 256-bit random secrets, so a fast hash is enough (no password stretching needed).
 Verified keys are cached for `cache_seconds`, so the service does not hit the database
 on every request; a revocation made in this process takes effect at once, elsewhere
-within that time.
+within that time. Creating and revoking a key commit with their audit event.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from aiassist.store.audit import AuditLog, Event
 from aiassist.store.models import ApiKey, utcnow
 
 __all__ = ["SCOPES", "KeyStore", "NewKey", "Principal"]
@@ -64,13 +65,20 @@ def _parse(token: str) -> tuple[str, str] | None:
 
 
 class KeyStore:
-    def __init__(self, sessions: sessionmaker[Session], *, cache_seconds: float = 5.0) -> None:
+    def __init__(
+        self,
+        sessions: sessionmaker[Session],
+        *,
+        cache_seconds: float = 5.0,
+        audit: AuditLog | None = None,
+    ) -> None:
         self._sessions = sessions
+        self._audit = audit or AuditLog(sessions)
         self._ttl = cache_seconds
         self._cache: dict[str, tuple[float, ApiKey | None]] = {}
         self._lock = threading.Lock()
 
-    def create(self, name: str, scopes: Iterable[str]) -> NewKey:
+    def create(self, name: str, scopes: Iterable[str], *, actor: str) -> NewKey:
         wanted = frozenset(scopes)
         unknown = wanted - SCOPES.keys()
         if unknown or not wanted:
@@ -83,23 +91,30 @@ class KeyStore:
         row = ApiKey(
             id=key_id, name=name, secret_hash=_hash(secret), scopes=",".join(sorted(wanted))
         )
-        with self._sessions() as session:
+
+        def change(session: Session) -> tuple[None, list[Event]]:
             session.add(row)
-            session.commit()
+            return None, [("key.created", key_id, {"scopes": sorted(wanted)})]
+
+        self._audit.record(change, actor=actor)
         return NewKey(Principal(key_id, name, wanted), f"{_PREFIX}_{key_id}_{secret}")
 
     def list(self) -> list[ApiKey]:
         with self._sessions() as session:
             return list(session.scalars(select(ApiKey).order_by(ApiKey.created_at)))
 
-    def revoke(self, key_id: str) -> bool:
+    def revoke(self, key_id: str, *, actor: str) -> bool:
         """Revoke a key; False if there is no such active key."""
-        with self._sessions() as session:
+
+        def change(session: Session) -> tuple[bool, list[Event]]:
             row = session.get(ApiKey, key_id)
             if row is None or row.revoked_at is not None:
-                return False
+                return False, []
             row.revoked_at = utcnow()
-            session.commit()
+            return True, [("key.revoked", key_id, {})]
+
+        if not self._audit.record(change, actor=actor):
+            return False
         with self._lock:
             self._cache.pop(key_id, None)
         return True
