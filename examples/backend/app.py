@@ -25,8 +25,11 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request, status
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Path, Query, Request, status
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
+from pydantic_core import to_json
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -46,8 +49,14 @@ REVIEW_RATIO = 5.0
 FIRST_ORDER_AVERAGE = 50.0
 
 Email = Annotated[str, Field(min_length=3, max_length=254, pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$")]
-Name = Annotated[str, Field(min_length=1, max_length=200)]
+#: One line of text: a name or a subject (a line break in a mail header would inject another).
+Name = Annotated[
+    str, Field(min_length=1, max_length=200, pattern="^[^\x00-\x1f\x7f\x85\u2028\u2029]+$")
+]
 Text = Annotated[str, Field(min_length=1, max_length=10_000)]
+#: A row id as the database holds it (a 64-bit integer), so a larger one is a 422, not a 500.
+RowId = Annotated[int, Field(ge=1, le=2**63 - 1)]
+PathId = Annotated[int, Path(ge=1, le=2**63 - 1)]
 
 
 # --- schemas ------------------------------------------------------------------------------
@@ -89,7 +98,9 @@ class LeadOut(Out):
 
 class OrderIn(BaseModel):
     customer_id: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
-    amount: float = Field(gt=0, le=1_000_000, description="Order total in the shop currency.")
+    amount: float = Field(
+        gt=0, le=1_000_000, allow_inf_nan=False, description="Order total in the shop currency."
+    )
 
 
 class DecisionInfo(BaseModel):
@@ -122,8 +133,8 @@ class ReviewResult(BaseModel):
 
 
 class RefundIn(BaseModel):
-    order_id: int = Field(ge=1)
-    amount: float = Field(gt=0, le=1_000_000)
+    order_id: RowId
+    amount: float = Field(gt=0, le=1_000_000, allow_inf_nan=False)
     reason: Text
 
 
@@ -207,10 +218,18 @@ def create_app(settings: db.BackendSettings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.add_middleware(IdempotencyMiddleware, sessions=sessions)
+    app.add_exception_handler(RequestValidationError, _invalid)  # type: ignore[arg-type]
     app.state.settings = settings
     app.state.sessions = sessions
     app.include_router(_routes())
     return app
+
+
+async def _invalid(request: Request, exc: RequestValidationError) -> Response:
+    """FastAPI's 422, with NaN and Infinity (which Python's JSON parser reads and strict JSON
+    lacks) echoed as strings rather than failing to encode."""
+    body = to_json({"detail": exc.errors()}, inf_nan_mode="strings", fallback=str)
+    return Response(body, status_code=422, media_type="application/json")
 
 
 def _session(request: Request) -> Iterator[Session]:
@@ -286,7 +305,7 @@ def _routes() -> APIRouter:
         return [LeadOut.model_validate(lead) for lead in session.scalars(query)]
 
     @r.patch("/leads/{lead_id}", tags=["crm"], operation_id="update_crm_lead")
-    def update_crm_lead(lead_id: int, body: LeadUpdate, session: SessionDep) -> LeadOut:
+    def update_crm_lead(lead_id: PathId, body: LeadUpdate, session: SessionDep) -> LeadOut:
         """Change a lead's status or owner, or schedule its follow-up."""
         lead = _get(session, db.Lead, lead_id)
         if body.status is not None:
@@ -329,11 +348,11 @@ def _routes() -> APIRouter:
         return OrderOut.model_validate(order)
 
     @r.get("/orders/{order_id}", tags=["orders"], operation_id="get_order")
-    def get_order(order_id: int, session: SessionDep) -> OrderOut:
+    def get_order(order_id: PathId, session: SessionDep) -> OrderOut:
         return OrderOut.model_validate(_get(session, db.Order, order_id))
 
     @r.post("/orders/{order_id}/review", tags=["orders"], operation_id="review_order")
-    def review_order(order_id: int, review: Review, session: SessionDep) -> ReviewResult:
+    def review_order(order_id: PathId, review: Review, session: SessionDep) -> ReviewResult:
         """A reviewer's verdict: reject fraud, accept the rest, and teach the AI layer."""
         order = _get(session, db.Order, order_id)
         order.status = "rejected" if review.fraud else "accepted"
@@ -350,7 +369,17 @@ def _routes() -> APIRouter:
         """Record a customer's refund request; nothing is paid until `issue_refund`."""
         order = _get(session, db.Order, body.order_id)
         if body.amount > order.amount:
-            raise HTTPException(422, f"refund {body.amount} exceeds the order's {order.amount}")
+            raise RequestValidationError(
+                [
+                    {
+                        "type": "less_than_equal",
+                        "loc": ("body", "amount"),
+                        "msg": f"a refund must not exceed the order's {order.amount}",
+                        "input": body.amount,
+                        "ctx": {"le": order.amount},
+                    }
+                ]
+            )
         refund = db.Refund(order_id=order.id, amount=body.amount, reason=body.reason)
         session.add(refund)
         session.flush()
@@ -362,7 +391,7 @@ def _routes() -> APIRouter:
         operation_id="issue_refund",
         openapi_extra={"x-aiassist-risk": "irreversible"},  # agents need an approval
     )
-    def issue_refund(refund_id: int, session: SessionDep) -> RefundOut:
+    def issue_refund(refund_id: PathId, session: SessionDep) -> RefundOut:
         """Pay a requested refund back to the customer. Money leaves: this cannot be undone."""
         refund = _get(session, db.Refund, refund_id)
         if refund.status != "requested":
@@ -374,7 +403,7 @@ def _routes() -> APIRouter:
         return RefundOut.model_validate(refund)
 
     @r.delete("/refunds/{refund_id}", tags=["refunds"], operation_id="reject_refund")
-    def reject_refund(refund_id: int, session: SessionDep) -> RefundOut:
+    def reject_refund(refund_id: PathId, session: SessionDep) -> RefundOut:
         """Turn a refund request down."""
         refund = _get(session, db.Refund, refund_id)
         if refund.status != "requested":
@@ -408,7 +437,7 @@ def _routes() -> APIRouter:
         return [TicketOut.model_validate(t) for t in session.scalars(query)]
 
     @r.post("/tickets/{ticket_id}/assign", tags=["tickets"], operation_id="assign_ticket")
-    def assign_ticket(ticket_id: int, body: TicketAssignment, session: SessionDep) -> TicketOut:
+    def assign_ticket(ticket_id: PathId, body: TicketAssignment, session: SessionDep) -> TicketOut:
         """Give a ticket a category and an assignee."""
         ticket = _get(session, db.Ticket, ticket_id)
         ticket.assignee, ticket.category, ticket.status = body.assignee, body.category, "assigned"

@@ -10,7 +10,17 @@ from datetime import UTC, datetime
 from typing import Any
 
 from pydantic_settings import BaseSettings, SettingsConfigDict
-from sqlalchemy import JSON, DateTime, Engine, ForeignKey, Integer, String, create_engine
+from sqlalchemy import (
+    JSON,
+    DateTime,
+    Dialect,
+    Engine,
+    ForeignKey,
+    Integer,
+    String,
+    TypeDecorator,
+    create_engine,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
 
 __all__ = [
@@ -42,7 +52,15 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-When = DateTime(timezone=True)
+class When(TypeDecorator[datetime]):
+    """A UTC time that comes back with its zone on SQLite too (which stores none), so the
+    API's date-times always carry an offset."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        return value if value is None or value.tzinfo else value.replace(tzinfo=UTC)
 
 
 class Base(DeclarativeBase):

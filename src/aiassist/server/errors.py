@@ -5,19 +5,18 @@ for its own faults, logged, never echoing a traceback."""
 from __future__ import annotations
 
 import logging
-import math
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.encoders import jsonable_encoder
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic_core import to_json
 from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
-__all__ = ["install_error_handlers", "json_safe"]
+__all__ = ["install_error_handlers"]
 
 log = logging.getLogger("aiassist.server")
 
@@ -52,18 +51,6 @@ def _document_checks(schema: dict[str, Any]) -> None:
         }
 
 
-def json_safe(value: Any) -> Any:
-    """`value` with NaN and ±Infinity as the strings Python's JSON parser read them from:
-    strict JSON has no such numbers, so an error echoing them must not hold them raw."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
-    if isinstance(value, dict):
-        return {key: json_safe(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [json_safe(item) for item in value]
-    return value
-
-
 async def _invalid(request: Request, exc: RequestValidationError) -> Response:
     media = request.headers.get("content-type", "").partition(";")[0].strip().lower()
     whole_body = any(tuple(e["loc"]) == ("body",) for e in exc.errors())
@@ -71,8 +58,9 @@ async def _invalid(request: Request, exc: RequestValidationError) -> Response:
         # curl -d sends form encoding: name the fix, not a pydantic error about a string
         detail = f"send the body as JSON, with 'content-type: application/json' (not {media[:100]})"
         return JSONResponse({"detail": detail}, status_code=415)
-    errors = json_safe(jsonable_encoder(exc.errors()))
-    return JSONResponse({"detail": errors}, status_code=422)
+    # strict JSON has no NaN or Infinity, which Python's parser reads: echo them as strings
+    body = to_json({"detail": exc.errors()}, inf_nan_mode="strings", fallback=str)
+    return Response(body, status_code=422, media_type="application/json")
 
 
 async def _refused(request: Request, exc: HTTPException) -> Response:
