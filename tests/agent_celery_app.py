@@ -34,8 +34,11 @@ class OrderDesk:
         self.gate = threading.Event()
         self.reset(hold=False)
 
-    def reset(self, *, hold: bool) -> None:
+    def reset(self, *, hold: bool, only: str | None = None) -> None:
+        """Forget every order; with `hold`, hold first deliveries (of the sku `only`, if
+        named) until the gate opens."""
         with self.lock:
+            self.only = only
             self.placed: Counter[str] = Counter()  # sku -> side effects done
             self.replies: dict[str, dict[str, Any]] = {}
             self.held: list[str] = []  # worker pids of requests waiting at the gate
@@ -61,6 +64,8 @@ class OrderDesk:
                 reply = {"order": f"O{sum(self.placed.values())}", "sku": body["sku"]}
                 self.replies[idempotency_key] = reply
                 self.workers.add(x_worker_pid)
+                if self.only not in (None, body["sku"]):
+                    return reply
                 self.held.append(x_worker_pid)
             try:
                 self.gate.wait(HOLD_SECONDS)  # done downstream; the caller does not know yet

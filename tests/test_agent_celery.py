@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 from celery import Celery
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine, select, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -41,8 +41,9 @@ from aiassist.integrations.celery.agent import (
 )
 from aiassist.server.routers.agent import executor_from_settings
 from aiassist.settings import Settings, SettingsError
+from aiassist.store.audit import AuditLog, run_chain
 from aiassist.store.db import make_engine, make_sessionmaker
-from aiassist.store.models import AgentRun
+from aiassist.store.models import AgentRun, AuditEvent
 from tests.agent_backend import effects, serve_backend
 from tests.agent_celery_app import OrderDesk, backend, tools
 from tests.celery_workers import BROKERS, ROOT, delete_queue, reachable
@@ -53,6 +54,19 @@ SALES = service_identity("sales-bot", ["agent:run"])
 OPS = service_identity("ops", ["agent:approve"])
 LEAD = {"name": "Zhang San", "email": "zhangsan@example.com"}
 SETTLE = 90.0  # generous: a loaded machine, a lease to wait out
+TWO_ORDERS = """
+name: two_orders
+steps:
+  - id: first
+    tool: place_order
+    args: {sku: "{{ input.first }}", quantity: 1}
+  - id: second
+    tool: place_order
+    args: {sku: "{{ input.second }}", quantity: 1}
+  - id: confirm
+    tool: send_email
+    args: {to: buyer@example.com, subject: "Orders {{ steps.second.order }}", body: Thanks!}
+"""
 FLOW = """
 name: order_and_confirm
 steps:
@@ -192,6 +206,7 @@ def cluster(
     flows_dir = data_dir / "flows"
     flows_dir.mkdir()
     (flows_dir / "order_and_confirm.yaml").write_text(FLOW)
+    (flows_dir / "two_orders.yaml").write_text(TWO_ORDERS)
     app, desk = backend()
     with serving(app) as url:
         env = {k: v for k, v in os.environ.items() if not k.startswith("AIASSIST_")} | {
@@ -380,21 +395,40 @@ async def test_the_recover_task_sends_the_runs_nobody_drives(
     assert cluster.desk.placed == {"recovered-1": 1}
 
 
-async def test_a_flow_whose_worker_is_killed_mid_step_is_taken_over_without_duplicates(
+def _chain(sessions: sessionmaker[Session], run_id: str) -> list[tuple[int, str, str]]:
+    """The run's audit chain as stored: seq, kind and hash of each event."""
+    with sessions() as session:
+        rows = session.execute(
+            select(AuditEvent.seq, AuditEvent.kind, AuditEvent.hash)
+            .where(AuditEvent.chain == run_chain(run_id))
+            .order_by(AuditEvent.seq)
+        ).all()
+    return [tuple(row) for row in rows]
+
+
+async def test_a_flow_whose_worker_is_killed_mid_step_keeps_its_steps_and_repeats_none(
     cluster: Cluster, runtime: Runtime, sessions: sessionmaker[Session]
 ) -> None:
+    """Killed inside the second order: the first, acknowledged (stored with its events), is
+    kept as it was and not placed again; the second, done downstream but not recorded, is
+    resent with its key and answered once; the run's chain still verifies."""
     desk = cluster.desk
-    desk.reset(hold=True)  # the order is placed downstream, then its answer is held
+    desk.reset(hold=True, only="kill-2")  # placed downstream, then its answer is held
     emails = effects(cluster.url).get("email", 0)
-    run_id = await _order_flow(runtime, "kill-1")
+    run_id = await runtime.create_flow_run(
+        "two_orders", {"first": "kill-1", "second": "kill-2"}, SALES
+    )
     await CeleryExecutor(cluster.app).submit(run_id)
-    wait_for(lambda: len(desk.held) == 1, 60, "a worker to be inside the order call")
+    wait_for(lambda: len(desk.held) == 1, 60, "a worker to be inside the second order")
 
     pid = _lease_owner_pid(sessions, run_id)
     assert pid is not None, "the run in flight has no lease"
     [victim] = [w for w in cluster.workers if w.owns(pid)]
     [survivor] = [w for w in cluster.workers if w is not victim]
-    assert desk.placed == {"kill-1": 1}
+    acknowledged = [c for c in (await runtime.info(run_id)).calls if c.status == "succeeded"]
+    assert [c.arguments["sku"] for c in acknowledged] == ["kill-1"]
+    chain_before = _chain(sessions, run_id)
+    assert desk.placed == {"kill-1": 1, "kill-2": 1}
     cluster.kill(victim)  # mid-step: the side effect done, its result never recorded
 
     if cluster.broker == "rabbitmq":  # the broker redelivers the message at once
@@ -402,10 +436,14 @@ async def test_a_flow_whose_worker_is_killed_mid_step_is_taken_over_without_dupl
     else:  # Redis only after its visibility timeout: the recover task finds the run first
         run = await _recovered(runtime, cluster, run_id)
     assert run.status == RunStatus.SUCCEEDED, f"{run.error}\n{cluster.logs()}"
-    assert desk.placed == {"kill-1": 1}  # no duplicate order
-    assert desk.deliveries == 2  # the call was resent once, with the same key ...
-    order = run.calls[0]
-    assert order.status == "succeeded" and order.result["order"] == "O1"  # ... and answered
+    assert run.calls[0] == acknowledged[0]  # the stored step, untouched
+    assert _chain(sessions, run_id)[: len(chain_before)] == chain_before
+    check = AuditLog(sessions).verify()
+    assert check.ok, check.reason
+    assert desk.placed == {"kill-1": 1, "kill-2": 1}  # no duplicate order
+    assert desk.deliveries == 3  # the first once; the second resent once with its key ...
+    second = run.calls[1]
+    assert second.status == "succeeded" and second.result["order"] == "O2"  # ... and answered
     assert effects(cluster.url)["email"] == emails + 1
     assert survivor.proc is not None and survivor.proc.poll() is None
 
