@@ -1,13 +1,14 @@
 """Every operation the service documents, called with no key, a forged key and a key of each
 scope, over real HTTP: the scope an operation needs is the role its OpenAPI security lists,
 the operations without one are exactly the public ones, and a key revoked in another process
-stops working within AIASSIST_KEY_CACHE_SECONDS."""
+stops working within AIASSIST_KEY_CACHE_SECONDS. The app's route table is checked against the
+document, so a route cannot be served without being in the matrix or named as undocumented."""
 
 from __future__ import annotations
 
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,18 @@ PUBLIC = {
     ("get", "/readyz"),
     ("get", "/metrics"),
     ("post", "/v1/hooks/{name}"),
+}
+# Served but not in the OpenAPI document: the API docs themselves, the catch-all that
+# answers an unknown module (it needs `decide`, below), and the MCP endpoint, whose keys
+# tests/test_mcp_server.py checks over its own protocol.
+UNDOCUMENTED = {
+    ("GET", "/openapi.json"),
+    ("GET", "/docs"),
+    ("GET", "/docs/oauth2-redirect"),
+    ("GET", "/redoc"),
+    ("POST", "/v1/{module}/decide"),
+    ("POST", "/v1/{module}/outcome"),
+    ("*", "/mcp"),
 }
 KEY_CACHE_SECONDS = 1.0
 
@@ -83,6 +96,39 @@ def _call(url: str, operation: Operation, token: str | None) -> httpx.Response:
     headers = {"authorization": f"Bearer {token}"} if token else {}
     body = {} if operation.method in ("post", "put", "patch") else None
     return httpx.request(operation.method, url + operation.path, json=body, headers=headers)
+
+
+def _route_table(routes: Iterable[Any]) -> Iterator[tuple[str, str, bool]]:
+    """Method, path and whether documented, of every route served. FastAPI includes routers
+    lazily, as branches whose routes it builds on first use: descend into them."""
+    for route in routes:
+        if hasattr(route, "effective_candidates"):
+            yield from _route_table(route.effective_candidates())
+            continue
+        route = getattr(route, "starlette_route", None) or route  # a plain Route in a branch
+        for method in route.methods or {"*"}:  # no methods: a mounted ASGI app takes all
+            if method != "HEAD":
+                yield method, route.path, route.include_in_schema
+
+
+def test_every_route_served_is_in_the_matrix_or_known() -> None:
+    """The matrix is built from the OpenAPI document: it must list each route the app
+    serves, so a route added cannot escape it."""
+    settings = Settings(data_dir=Path(tempfile.mkdtemp(prefix="aiassist-")), mcp_http=True)
+    app = create_app(settings)
+    document = app.openapi()
+    table = set(_route_table(app.routes))
+    documented = {(m.upper(), path) for path, ops in document["paths"].items() for m in ops}
+    assert {(method, path) for method, path, shown in table if shown} == documented
+    assert {(method, path) for method, path, shown in table if not shown} == UNDOCUMENTED
+
+
+def test_an_unknown_module_asks_for_a_decide_key(service: ScopedService) -> None:
+    url = f"{service.process.url}/v1/nope/decide"
+    assert httpx.post(url, json={}).status_code == 401
+    assert httpx.post(url, json={}, headers=service.headers("outcome")).status_code == 403
+    known = httpx.post(url, json={}, headers=service.headers("decide"))
+    assert known.status_code == 404 and "nope" in known.json()["detail"]
 
 
 def test_public_operations_are_exactly_the_listed_ones() -> None:
