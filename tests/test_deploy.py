@@ -312,7 +312,8 @@ def service(sqlite_url: str, tmp_path: Path) -> Iterator[ServiceProcess]:
 
 @pytest.fixture
 def backend(db: Engine, service: ServiceProcess, tmp_path: Path) -> Iterator[BackendProcess]:
-    token = KeyStore(make_sessionmaker(db)).create("example backend", ["decide", "outcome"])
+    keys = KeyStore(make_sessionmaker(db))
+    token = keys.create("example backend", ["decide", "outcome"], actor="test")
     proc = BackendProcess(
         free_port(),
         {

@@ -6,7 +6,9 @@ real traffic does (a person sweeping product pages, a crawler that loads assets)
 
 - `human`: pages of a shop (home, categories, products by popularity, search, cart,
   account), each followed by its assets (fewer once cached), a referer chain, think time
-  drawn from a log-normal (median ~15 s), browser headers, a rare 404 or failed login.
+  drawn from a log-normal (median ~15 s), browser headers, a rare 404 or failed login;
+  varied as people are: power users, listings paged through, referers stripped, cookies
+  or assets blocked, old browsers, link prefetching, and several people behind one address.
 - `scraper`: an HTTP library or a crawler's name (or a borrowed browser string), a fast
   regular pace, a sweep of product ids or listing pages, dead ids (404), robots.txt.
 - `headless`: an automated browser with a browser's user agent and headers, loading assets
@@ -20,7 +22,7 @@ real traffic does (a person sweeping product pages, a crawler that loads assets)
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -100,7 +102,7 @@ class _Writer:
                 status=status,
                 user_agent=self.ua,
                 referer=referer,
-                header_count=int(r.integers(h["headers_lo"], h["headers_hi"] + 1)),
+                header_count=int(r.integers(int(h["headers_lo"]), int(h["headers_hi"]) + 1)),
                 accept_language=bool(r.random() < h["accept_language"]),
                 sec_fetch=bool(r.random() < h["sec_fetch"]),
                 cookie=bool(len(self.hits) > 0 and r.random() < h["cookie"]),
@@ -112,7 +114,11 @@ class _Writer:
         start = self.at
         for i in range(count):
             self.at = start + float(self.rng.uniform(0.02, 0.9))
-            path = _ASSETS[i] if i < len(_ASSETS) else f"/static/img/{self.rng.integers(1e6)}.webp"
+            path = (
+                _ASSETS[i]
+                if i < len(_ASSETS)
+                else f"/static/img/{self.rng.integers(1_000_000)}.webp"
+            )
             self.hit(path, referer=True)
         self.at = max(self.at, start)
 
@@ -130,15 +136,43 @@ def _habits(rng: np.random.Generator, browser: bool) -> dict[str, float]:
     }  # fmt: skip
 
 
+def _bot_habits(rng: np.random.Generator, browser_share: float) -> dict[str, float]:
+    """A bot's header habits: its library's, or (`browser_share` of sessions) a browser's,
+    copied by the better tools along with the user agent."""
+    return _habits(rng, browser=bool(rng.random() < browser_share))
+
+
 def _product(rng: np.random.Generator) -> int:
     return int(min(rng.zipf(1.3), _PRODUCTS))
 
 
-def _human(rng: np.random.Generator) -> list[Hit]:
-    w = _Writer(rng, str(rng.choice(_BROWSERS)), _habits(rng, browser=True))
-    pages = 1 + int(rng.lognormal(1.4, 0.9)) if rng.random() > 0.25 else 1
+def _person_habits(rng: np.random.Generator) -> dict[str, float]:
+    """A browser's header habits, varied as people's setups vary."""
+    habits = _habits(rng, browser=True)
+    if rng.random() < 0.08:  # an old browser or an in-app view: fewer headers, HTTP/1.1
+        habits |= {"headers_lo": 5, "headers_hi": 9, "sec_fetch": 0.0, "http2": 0.0}
+    if rng.random() < 0.1:  # cookies blocked
+        habits["cookie"] = 0.0
+    if rng.random() < 0.03:  # no Accept-Language (some privacy setups, some proxies)
+        habits["accept_language"] = 0.0
+    return habits
+
+
+def _person(rng: np.random.Generator, ua: str) -> list[Hit]:
+    """One person's visit. Most browse a few pages with long pauses; some are quick power
+    users; some page through a listing, strip referers, block cookies or assets, or have a
+    browser that prefetches links."""
+    w = _Writer(rng, ua, _person_habits(rng))
+    power = rng.random() < 0.1
+    pages = int(rng.integers(20, 150)) if power else 1 + int(rng.lognormal(1.4, 0.9))
+    pages = 1 if not power and rng.random() < 0.25 else pages
+    think = float(rng.lognormal(np.log(3.0 if power else 15.0), 0.4))
+    referers = rng.random() > 0.15
     cached = rng.random() < 0.4  # a returning visitor fetches few assets
-    for i in range(min(pages, 120)):
+    no_assets = rng.random() < 0.02
+    prefetch = rng.random() < 0.05
+    i = 0
+    while i < min(pages, 150):
         roll = rng.random()
         if i == 0 and roll < 0.5:
             path = "/"
@@ -147,26 +181,50 @@ def _human(rng: np.random.Generator) -> list[Hit]:
         elif roll < 0.75:
             path = f"/product/{_product(rng)}"
         elif roll < 0.85:
-            path = f"/search?q={rng.integers(1e4)}"
+            path = f"/search?q={rng.integers(10_000)}"
         else:
             path = str(rng.choice(["/cart", "/account", "/checkout", "/help"]))
         status = 404 if rng.random() < 0.01 else 200
-        w.hit(path, status=status, referer=i > 0 or rng.random() < 0.5)
-        w.assets(int(rng.integers(0, 3)) if cached and i > 0 else int(rng.integers(3, 25)))
-        if rng.random() < 0.04:  # logs in: now and then a typo first
-            for _ in range(int(rng.choice([0, 1, 2], p=[0.8, 0.15, 0.05]))):
+        w.hit(path, status=status, referer=referers and (i > 0 or rng.random() < 0.5))
+        if not no_assets:
+            w.assets(int(rng.integers(0, 3)) if cached and i > 0 else int(rng.integers(3, 25)))
+        if prefetch:
+            for _ in range(int(rng.integers(1, 5))):
+                w.at += float(rng.uniform(0.05, 0.3))
+                w.hit(f"/product/{_product(rng)}", referer=referers)
+        if path.startswith("/category/") and rng.random() < 0.25:  # pages through it
+            for page in range(2, int(rng.integers(3, 12))):
+                w.at += float(rng.uniform(2, 9))
+                w.hit(f"{path}?page={page}", referer=referers)
+                i += 1
+        if rng.random() < 0.04:  # logs in: now and then a typo or two first
+            for _ in range(int(rng.choice([0, 1, 2, 3], p=[0.75, 0.15, 0.07, 0.03]))):
                 w.at += float(rng.uniform(3, 20))
-                w.hit(LOGIN, status=401, method="POST", referer=True)
+                w.hit(LOGIN, status=401, method="POST", referer=referers)
             w.at += float(rng.uniform(3, 20))
-            w.hit(LOGIN, status=303, method="POST", referer=True)
-        w.at += float(np.clip(rng.lognormal(np.log(15), 1.0), 0.8, 1800))
+            w.hit(LOGIN, status=303, method="POST", referer=referers)
+        w.at += float(np.clip(rng.lognormal(np.log(think), 1.0), 0.8, 1800))
+        i += 1
     return w.hits
+
+
+def _human(rng: np.random.Generator) -> list[Hit]:
+    """A person, or (one session in ten) several behind one address with the same browser
+    build, as in an office or on a carrier's NAT, whose requests interleave."""
+    ua = str(rng.choice(_BROWSERS))
+    if rng.random() >= 0.1:
+        return _person(rng, ua)
+    hits: list[Hit] = []
+    for _ in range(int(rng.integers(2, 7))):
+        offset = float(rng.uniform(0, 1800))
+        hits.extend(replace(hit, at=hit.at + offset) for hit in _person(rng, ua))
+    return sorted(hits, key=lambda hit: hit.at)
 
 
 def _scraper(rng: np.random.Generator) -> list[Hit]:
     kind = rng.random()
     ua = str(rng.choice(_LIBRARIES if kind < 0.5 else _CRAWLERS if kind < 0.7 else _BROWSERS))
-    w = _Writer(rng, ua, _habits(rng, browser=False))
+    w = _Writer(rng, ua, _bot_habits(rng, 0.3 if ua in _BROWSERS else 0.0))
     if rng.random() < 0.5:
         w.hit("/robots.txt")
         w.at += float(rng.uniform(0.2, 2))
@@ -185,7 +243,7 @@ def _headless(rng: np.random.Generator) -> list[Hit]:
     w = _Writer(rng, ua, _habits(rng, browser=True))
     images = rng.random() < 0.5
     median, spread = float(rng.uniform(2, 20)), float(rng.uniform(0.05, 0.6))
-    order = rng.permutation(_PRODUCTS)[: int(rng.integers(20, 600))] + 1
+    order = rng.permutation(_PRODUCTS)[: int(rng.integers(20, 300))] + 1
     w.hit("/")
     w.assets(int(rng.integers(3, 8)))
     for product in order:
@@ -196,7 +254,7 @@ def _headless(rng: np.random.Generator) -> list[Hit]:
 
 
 def _stuffer(rng: np.random.Generator) -> list[Hit]:
-    w = _Writer(rng, str(rng.choice(_BROWSERS)), _habits(rng, browser=rng.random() < 0.4))
+    w = _Writer(rng, str(rng.choice(_BROWSERS)), _bot_habits(rng, 0.4))
     if rng.random() < 0.5:
         w.hit(LOGIN)
         w.at += float(rng.uniform(0.5, 3))
@@ -210,7 +268,7 @@ def _stuffer(rng: np.random.Generator) -> list[Hit]:
 
 
 def _low_and_slow(rng: np.random.Generator) -> list[Hit]:
-    w = _Writer(rng, str(rng.choice(_BROWSERS)), _habits(rng, browser=rng.random() < 0.3))
+    w = _Writer(rng, str(rng.choice(_BROWSERS)), _bot_habits(rng, 0.3))
     start = int(rng.integers(1, _PRODUCTS))
     for i in range(int(rng.integers(3, 25))):
         product = start + i if rng.random() < 0.5 else int(rng.integers(1, _PRODUCTS))
