@@ -224,10 +224,11 @@ class BotModule(Module[BotFeatures, BotDecision, BotOutcome]):
 
     def decode(self, f: BotFeatures, output: Sequence[float]) -> BotDecision:
         p_bot = min(max(float(output[-1]), 0.0), 1.0)  # P(bot) is the last column
+        action = self.action(p_bot)
         return BotDecision(
             p_bot=p_bot,
-            action=self.action(p_bot),
-            signals=_signals(f),
+            action=action,
+            signals=_signals(f) if action != "allow" else [],  # most requests: no cost
             explanation=f"model: P(bot)={p_bot:.2f}",
         )
 

@@ -49,6 +49,10 @@ class Hit:
     http2: bool = False
 
 
+def _log2(count: int) -> float:
+    return math.log2(count) if count else 0.0
+
+
 def _is_asset(path: str) -> bool:
     return path.lower().endswith(_ASSETS) or path.startswith(("/static/", "/assets/"))
 
@@ -87,6 +91,7 @@ class Session:
     pages: dict[str, int] = field(default_factory=dict)
     other_pages: int = 0
     page_total: int = 0
+    page_log_sum: float = 0.0  # sum of c * log2(c) over the page counts: entropy in O(1)
 
     def expired(self, now: float, idle_s: float, window_s: float) -> bool:
         return self.requests > 0 and (now - self.last > idle_s or now - self.started > window_s)
@@ -145,9 +150,10 @@ class Session:
         self.last_parent, self.last_leaf = parent, leaf
         self.page_total += 1
         if path in self.pages or len(self.pages) < _MAX_PAGES:
-            self.pages[path] = self.pages.get(path, 0) + 1
+            count = self.pages[path] = self.pages.get(path, 0) + 1
         else:
-            self.other_pages += 1
+            count = self.other_pages = self.other_pages + 1
+        self.page_log_sum += count * math.log2(count) - (count - 1) * _log2(count - 1)
 
     def features(self) -> BotFeatures:
         n, pages = max(self.requests, 1), self.page_total
@@ -155,11 +161,7 @@ class Session:
         mean_gap = self.page_gap_sum / self.page_gaps if self.page_gaps else 0.0
         variance = self.page_gap_sq / self.page_gaps - mean_gap**2 if self.page_gaps else 0.0
         cv = math.sqrt(max(variance, 0.0)) / mean_gap if mean_gap > 0 else 0.0
-        entropy = 0.0
-        for count in (*self.pages.values(), self.other_pages):
-            if count:
-                share = count / max(pages, 1)
-                entropy -= share * math.log2(share)
+        entropy = math.log2(pages) - self.page_log_sum / pages if pages else 0.0
         answered = max(self.answered, 1)
         return BotFeatures(
             requests=min(self.requests, 10_000_000),
@@ -174,7 +176,7 @@ class Session:
             referer_share=self.referers / n,
             unique_page_share=(len(self.pages) + self.other_pages) / pages if pages else 0.0,
             sibling_share=self.siblings / (pages - 1) if pages > 1 else 0.0,
-            path_entropy=min(entropy, 32.0),
+            path_entropy=min(max(entropy, 0.0), 32.0),
             robots_hit=self.robots,
             login_attempts=min(self.login_attempts, 1_000_000),
             login_fail_streak=min(self.login_streak_max, 1_000_000),

@@ -108,7 +108,7 @@ class BotTrainer:
         return 1.0 if outcome["is_bot"] else 0.0
 
     def fit(self, data: Dataset, seed: int) -> ExportedModel:
-        return fit_lightgbm_classifier(data, seed, n_estimators=200, num_leaves=31)
+        return fit_lightgbm_classifier(data, seed)
 
     def score(self, decision: Decision) -> float:
         return float(decision.p_bot)  # type: ignore[attr-defined]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 
 __all__ = ["UserAgent", "classify"]
 
@@ -41,7 +42,12 @@ class UserAgent:
 
 def classify(value: str | None) -> UserAgent:
     """The flags of one user agent string; any string (garbage, huge, unicode) is taken."""
-    text = (value or "").strip()[:_MAX_LENGTH]
+    return _classify((value or "")[:_MAX_LENGTH])
+
+
+@lru_cache(maxsize=4096)  # a site sees few distinct strings, and the patterns cost ~30 us
+def _classify(value: str) -> UserAgent:
+    text = value.strip()
     return UserAgent(
         known_bot=bool(_KNOWN_BOTS.search(text)),
         library=bool(_LIBRARIES.match(text)),
