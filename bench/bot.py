@@ -100,15 +100,19 @@ def _ends(sessions: list[GeneratedSession]) -> tuple[list[BotFeatures], np.ndarr
 
 
 def _per_request_us(decider: Decider, sessions: list[GeneratedSession], n: int) -> dict[str, Any]:
-    """Fold a request into its session, build the features and decide, one at a time."""
-    hits = [hit for s in sessions[:200] for hit in s.hits][:n]
-    state, samples = Session(), []
+    """Fold a request into its session, build the features and decide, one at a time, over
+    the test sessions' requests in order (each session its own state)."""
+    samples: list[int] = []
     login = frozenset(module.config.login_paths)
-    for hit in hits:
-        started = time.perf_counter_ns()
-        state.observe(hit, login)
-        decider.decide(module.name, state.features())
-        samples.append(time.perf_counter_ns() - started)
+    for generated in sessions:
+        state = Session()
+        for hit in generated.hits[: n - len(samples)]:
+            started = time.perf_counter_ns()
+            state.observe(hit, login)
+            decider.decide(module.name, state.features())
+            samples.append(time.perf_counter_ns() - started)
+        if len(samples) >= n:
+            break
     return summarize(samples, "us")
 
 

@@ -14,12 +14,11 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
-from typing import Literal
 
 from pydantic import Field
 
 from aiassist.modules.base import Decision, Features, Module, Outcome
-from aiassist.modules.bot.settings import BotSettings
+from aiassist.modules.bot.settings import Action, BotSettings, Thresholds
 from aiassist.settings import SettingsError, read_settings
 
 __all__ = [
@@ -29,12 +28,11 @@ __all__ = [
     "BotModule",
     "BotOutcome",
     "BotSettings",
+    "Thresholds",
     "module",
 ]
 
 log = logging.getLogger("aiassist.bot")
-
-Action = Literal["allow", "challenge", "rate_limit", "block"]
 
 
 class BotFeatures(Features):
@@ -171,12 +169,7 @@ class BotModule(Module[BotFeatures, BotDecision, BotOutcome]):
         return self._settings
 
     def action(self, p_bot: float) -> Action:
-        s = self.config
-        if p_bot >= s.block_at:
-            return "block"
-        if p_bot >= s.rate_limit_at:
-            return "rate_limit"
-        return "challenge" if p_bot >= s.challenge_at else "allow"
+        return Thresholds.from_settings(self.config).action(p_bot)
 
     def fallback(self, f: BotFeatures) -> BotDecision:
         s = self.config

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Literal
+
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from aiassist.settings import ModuleSettings
 
-__all__ = ["BotSettings"]
+__all__ = ["Action", "BotSettings", "Thresholds"]
+
+Action = Literal["allow", "challenge", "rate_limit", "block"]
 
 _DAY = 86_400.0
 
@@ -35,3 +40,23 @@ class BotSettings(ModuleSettings):
         max_length=100,
         description="Paths whose POSTs are login attempts (401/403 answers count as failures).",
     )
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """P(bot) from which each action applies."""
+
+    challenge_at: float = 0.5
+    rate_limit_at: float = 0.8
+    block_at: float = 0.95
+
+    @classmethod
+    def from_settings(cls, settings: BotSettings) -> Thresholds:
+        return cls(settings.challenge_at, settings.rate_limit_at, settings.block_at)
+
+    def action(self, p_bot: float) -> Action:
+        if p_bot >= self.block_at:
+            return "block"
+        if p_bot >= self.rate_limit_at:
+            return "rate_limit"
+        return "challenge" if p_bot >= self.challenge_at else "allow"
