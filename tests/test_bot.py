@@ -4,8 +4,10 @@ ASGI middleware under real uvicorn with sessions in real Redis (and Redis going 
 from __future__ import annotations
 
 import math
+import os
 import shutil
 import subprocess
+import sys
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -24,10 +26,11 @@ from aiassist import AIAssistService
 from aiassist.integrations.asgi_bot import BotMiddleware
 from aiassist.modules.bot import BotFeatures, module
 from aiassist.modules.bot.guard import BotGuard
+from aiassist.modules.bot.replay import parse_line
 from aiassist.modules.bot.session import Hit, Session, session_key
 from aiassist.modules.bot.sessions import RedisSessions
 from aiassist.modules.bot.settings import Thresholds
-from aiassist.modules.bot.simulator import FAMILIES, generate, snapshots
+from aiassist.modules.bot.simulator import FAMILIES, access_log, generate, snapshots
 from aiassist.modules.bot.training import recall_at_fpr, trainer
 from aiassist.modules.bot.useragent import classify
 from aiassist.settings import Settings
@@ -272,3 +275,42 @@ def test_bad_requests_are_scored_not_failed(tmp_path: Path) -> None:
         for headers in odd:
             r = httpx.get(f"{base}/%F0%9F%98%80/%00?q=%ff", headers=headers)
             assert r.status_code == 200 and 0 <= r.json()["p_bot"] <= 1, r.text
+
+
+# --- replaying an access log ---------------------------------------------------------------
+def test_replay_scores_a_combined_log_and_writes_the_report(tmp_path: Path) -> None:
+    sessions = generate(120, 8)
+    log = tmp_path / "access.log"
+    log.write_text("\n".join([*access_log(sessions, 9), "not a log line", ""]))
+    report = tmp_path / "report.md"
+    aiassist = Path(sys.executable).with_name("aiassist")  # the console script, as a user runs it
+    done = subprocess.run(
+        [str(aiassist), "bot", "replay", str(log), "--report", str(report), "--top", "5"],
+        env=os.environ | {"AIASSIST_DATA_DIR": str(tmp_path / "data")},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "1 skipped" in done.stdout and "rule fallback" in done.stdout
+    text = report.read_text()
+    assert "# Bot replay of `access.log`" in text and "## What each threshold would flag" in text
+    assert f"{len(sessions)} sessions" in text  # one address each, none idle long enough to split
+    assert text.count("| block |") + text.count("| allow |") >= 5  # the top sessions listed
+
+
+def test_parse_line_takes_combined_lines_and_refuses_the_rest() -> None:
+    line = (
+        '203.0.113.7 - - [07/Dec/2026:10:00:00 +0000] "GET /product/1?x=1 HTTP/2.0" 404 12 '
+        '"https://shop.example/" "curl/8.5.0"'
+    )
+    parsed = parse_line(line)
+    assert parsed is not None and parsed.client == "203.0.113.7"
+    hit = parsed.hit
+    assert (hit.method, hit.path, hit.status, hit.http2, hit.referer) == (
+        "GET", "/product/1?x=1", 404, True, True,
+    )  # fmt: skip
+    assert not hit.headers_known and hit.user_agent == "curl/8.5.0"
+    for bad in ("", "garbage", '1.2.3.4 - - [not a time] "GET / HTTP/1.1" 200 1 "-" "-"'):
+        assert parse_line(bad) is None

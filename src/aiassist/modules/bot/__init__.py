@@ -61,6 +61,11 @@ class BotFeatures(Features):
     login_attempts: int = Field(ge=0, le=1_000_000, description="POSTs to a login path.")
     login_fail_streak: int = Field(ge=0, le=1_000_000, description="Most failed logins in a row.")
     post_share: float = Field(ge=0, le=1, description="POST requests.")
+    headers_seen: bool = Field(
+        True,
+        description="Whether the headers were seen; false for a log replay (the four "
+        "header features below are then 0).",
+    )
     header_count_mean: float = Field(ge=0, le=200, description="Headers a request.")
     accept_language_share: float = Field(ge=0, le=1, description="With Accept-Language.")
     sec_fetch_share: float = Field(ge=0, le=1, description="With Sec-Fetch-* (browsers).")
@@ -109,7 +114,7 @@ def _signals(f: BotFeatures) -> list[str]:
     note(3.0 * f.not_found_share * (f.requests >= 5), f"{f.not_found_share:.0%} not found")
     if f.requests >= 5 and f.asset_share < 0.05:
         note(1.2, "fetches no assets")
-    if f.requests >= 3 and f.accept_language_share < 0.5:
+    if f.headers_seen and f.requests >= 3 and f.accept_language_share < 0.5:
         note(1.0, "no Accept-Language")
     found.sort(key=lambda item: -item[0])
     return [text for _, text in found[:5]]
@@ -153,6 +158,7 @@ class BotModule(Module[BotFeatures, BotDecision, BotOutcome]):
     outcome_example = {"is_bot": True}
     trainer = "aiassist.modules.bot.training:trainer"
     settings = BotSettings
+    cli = "aiassist.modules.bot.cli:app"
 
     def __init__(self, settings: BotSettings | None = None) -> None:
         self._settings = settings
@@ -203,6 +209,7 @@ class BotModule(Module[BotFeatures, BotDecision, BotOutcome]):
             math.log1p(f.login_attempts),
             math.log1p(f.login_fail_streak),
             f.post_share,
+            float(f.headers_seen),
             f.header_count_mean,
             f.accept_language_share,
             f.sec_fetch_share,

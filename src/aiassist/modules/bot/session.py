@@ -47,6 +47,7 @@ class Hit:
     sec_fetch: bool = False
     cookie: bool = False
     http2: bool = False
+    headers_known: bool = True  # False for a log line: only referer and user agent are known
 
 
 def _log2(count: int) -> float:
@@ -71,6 +72,7 @@ class Session:
     referers: int = 0
     posts: int = 0
     headers: int = 0
+    headers_seen: int = 0  # requests whose headers were seen (not log lines)
     accept_language: int = 0
     sec_fetch: int = 0
     cookies: int = 0
@@ -106,11 +108,13 @@ class Session:
         self.requests += 1
         self.referers += hit.referer
         self.posts += hit.method == "POST"
-        self.headers += min(hit.header_count, 200)
-        self.accept_language += hit.accept_language
-        self.sec_fetch += hit.sec_fetch
-        self.cookies += hit.cookie
         self.http2 += hit.http2
+        if hit.headers_known:
+            self.headers_seen += 1
+            self.headers += min(hit.header_count, 200)
+            self.accept_language += hit.accept_language
+            self.sec_fetch += hit.sec_fetch
+            self.cookies += hit.cookie
         agent = classify(hit.user_agent)
         flags = (agent.known_bot, agent.library, agent.headless, agent.missing)
         now = (*flags, agent.browser_like)
@@ -162,7 +166,7 @@ class Session:
         variance = self.page_gap_sq / self.page_gaps - mean_gap**2 if self.page_gaps else 0.0
         cv = math.sqrt(max(variance, 0.0)) / mean_gap if mean_gap > 0 else 0.0
         entropy = math.log2(pages) - self.page_log_sum / pages if pages else 0.0
-        answered = max(self.answered, 1)
+        answered, seen = max(self.answered, 1), max(self.headers_seen, 1)
         return BotFeatures(
             requests=min(self.requests, 10_000_000),
             duration_s=min(duration, 7 * 86_400.0),
@@ -181,10 +185,11 @@ class Session:
             login_attempts=min(self.login_attempts, 1_000_000),
             login_fail_streak=min(self.login_streak_max, 1_000_000),
             post_share=self.posts / n,
-            header_count_mean=self.headers / n,
-            accept_language_share=self.accept_language / n,
-            sec_fetch_share=self.sec_fetch / n,
-            cookie_share=self.cookies / n,
+            headers_seen=self.headers_seen > 0,
+            header_count_mean=self.headers / seen,
+            accept_language_share=self.accept_language / seen,
+            sec_fetch_share=self.sec_fetch / seen,
+            cookie_share=self.cookies / seen,
             http2_share=self.http2 / n,
             ua_known_bot=self.ua[0],
             ua_library=self.ua[1],

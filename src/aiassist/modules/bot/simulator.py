@@ -23,13 +23,21 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 
 import numpy as np
 
 from aiassist.modules.bot import BotFeatures
 from aiassist.modules.bot.session import Hit, Session
 
-__all__ = ["BOT_FAMILIES", "FAMILIES", "GeneratedSession", "generate", "snapshots"]
+__all__ = [
+    "BOT_FAMILIES",
+    "FAMILIES",
+    "GeneratedSession",
+    "access_log",
+    "generate",
+    "snapshots",
+]
 
 BOT_FAMILIES = ("scraper", "headless", "stuffer", "low_and_slow")
 FAMILIES = ("human", *BOT_FAMILIES)
@@ -290,9 +298,15 @@ _MAKERS = {
 
 
 def generate(
-    sessions: int, seed: int, families: tuple[str, ...] = FAMILIES, bot_share: float = 0.5
+    sessions: int,
+    seed: int,
+    families: tuple[str, ...] = FAMILIES,
+    bot_share: float = 0.5,
+    logged_share: float = 0.25,
 ) -> list[GeneratedSession]:
-    """`sessions` sessions, `bot_share` of them bots spread evenly over `families`' bots."""
+    """`sessions` sessions, `bot_share` of them bots spread evenly over `families`' bots;
+    `logged_share` of them as an access log records them (no headers but referer and
+    user agent), so a model also reads replayed logs."""
     rng = np.random.default_rng(seed)
     bots = [f for f in families if f != "human"]
     out = []
@@ -300,8 +314,23 @@ def generate(
         family = str(rng.choice(bots)) if bots and rng.random() < bot_share else "human"
         if family == "human" and "human" not in families:
             family = str(rng.choice(bots))
-        out.append(GeneratedSession(family, _MAKERS[family](rng)))
+        hits = _MAKERS[family](rng)
+        if rng.random() < logged_share:
+            hits = [_as_logged(hit) for hit in hits]
+        out.append(GeneratedSession(family, hits))
     return out
+
+
+def _as_logged(hit: Hit) -> Hit:
+    return replace(
+        hit,
+        at=float(int(hit.at)),
+        headers_known=False,
+        header_count=0,
+        accept_language=False,
+        sec_fetch=False,
+        cookie=False,
+    )  # fmt: skip  (a log keeps whole seconds)
 
 
 def snapshots(
@@ -322,3 +351,24 @@ def snapshots(
             state.observe(hit, login_paths)
         done = mark
         yield state.features()
+
+
+def access_log(sessions: list[GeneratedSession], seed: int, start: float = 1.7e9) -> list[str]:
+    """The sessions as an Nginx/Apache "combined" log, in time order: each from an address
+    of its own (10.0.0.0/8), starting within a day of `start`."""
+    rng = np.random.default_rng(seed)
+    timed: list[tuple[float, str]] = []
+    for n, session in enumerate(sessions):
+        address = f"10.{(n >> 16) & 255}.{(n >> 8) & 255}.{n & 255}"
+        offset = start + float(rng.uniform(0, 86_400))
+        for hit in session.hits:
+            at = datetime.fromtimestamp(offset + hit.at, UTC)
+            protocol = "HTTP/2.0" if hit.http2 else "HTTP/1.1"
+            referer = "https://shop.example/" if hit.referer else "-"
+            line = (
+                f"{address} - - [{at.strftime('%d/%b/%Y:%H:%M:%S %z')}] "
+                f'"{hit.method} {hit.path} {protocol}" {hit.status or 200} '
+                f'{int(rng.integers(200, 60_000))} "{referer}" "{hit.user_agent}"'
+            )
+            timed.append((offset + hit.at, line))
+    return [line for _, line in sorted(timed)]
