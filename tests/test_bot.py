@@ -36,6 +36,7 @@ from aiassist.modules.bot.useragent import classify
 from aiassist.settings import Settings
 
 from .conftest import free_port, serving, wait_for
+from .test_docs import python_blocks
 
 BROWSER = (
     "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) "
@@ -314,3 +315,20 @@ def test_parse_line_takes_combined_lines_and_refuses_the_rest() -> None:
     assert not hit.headers_known and hit.user_agent == "curl/8.5.0"
     for bad in ("", "garbage", '1.2.3.4 - - [not a time] "GET / HTTP/1.1" 200 1 "-" "-"'):
         assert parse_line(bad) is None
+
+
+@pytest.mark.redis
+def test_the_docs_example_wires_the_score_into_the_apps_auth(tmp_path: Path) -> None:
+    [block] = [b for b in python_blocks("docs/modules.md") if "BotMiddleware" in b]
+    namespace: dict[str, Any] = {}
+    exec(block, namespace)
+    AIAssistService.reset()
+    AIAssistService.setup(Settings(data_dir=tmp_path, record_decisions=False))
+    try:
+        with serving(namespace["app"]) as base:
+            scraper = httpx.post(f"{base}/login", headers={"user-agent": "curl/8.5.0"})
+            person = httpx.post(f"{base}/login", headers=BROWSER_HEADERS)
+    finally:
+        AIAssistService.reset()
+    assert scraper.status_code == 401 and "challenge" in scraper.json()["detail"]
+    assert person.status_code == 200, person.text
