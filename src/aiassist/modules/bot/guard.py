@@ -48,16 +48,32 @@ class BotGuard:
         return self.default
 
     async def score(self, key: str, hit: Hit) -> Scored:
-        session = await self.store.load(key)
-        s = self.settings
-        if session is None or session.expired(hit.at, s.session_idle_s, s.session_window_s):
-            session = Session()
-        session.observe(hit, self.login_paths)
+        session = self._fold(await self.store.load(key), hit)
         decision = await AIAssistService.instance().adecide(module, session.features())
-        decision.action = self.thresholds(hit.path).action(decision.p_bot)
-        login = hit.method == "POST" and hit.path.split("?", 1)[0] in self.login_paths
-        return Scored(key, session, decision, login)
+        return self._scored(key, session, decision, hit)
+
+    def score_sync(self, key: str, hit: Hit) -> Scored:
+        """`score` for a WSGI app (Django): the store's blocking door, a plain decide."""
+        session = self._fold(self.store.get(key), hit)
+        decision = AIAssistService.instance().decide(module, session.features())
+        return self._scored(key, session, decision, hit)
 
     async def answered(self, scored: Scored, status: int) -> None:
         scored.session.answered_with(status, scored.login)
         await self.store.save(scored.key, scored.session)
+
+    def answered_sync(self, scored: Scored, status: int) -> None:
+        scored.session.answered_with(status, scored.login)
+        self.store.put(scored.key, scored.session)
+
+    def _fold(self, session: Session | None, hit: Hit) -> Session:
+        s = self.settings
+        if session is None or session.expired(hit.at, s.session_idle_s, s.session_window_s):
+            session = Session()
+        session.observe(hit, self.login_paths)
+        return session
+
+    def _scored(self, key: str, session: Session, decision: BotDecision, hit: Hit) -> Scored:
+        decision.action = self.thresholds(hit.path).action(decision.p_bot)
+        login = hit.method == "POST" and hit.path.split("?", 1)[0] in self.login_paths
+        return Scored(key, session, decision, login)

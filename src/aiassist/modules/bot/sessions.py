@@ -22,9 +22,15 @@ log = logging.getLogger("aiassist.bot")
 
 
 class SessionStore(Protocol):
+    """Both doors: `load`/`save` for ASGI apps, `get`/`put` for WSGI ones (Django)."""
+
     async def load(self, key: str) -> Session | None: ...
 
     async def save(self, key: str, session: Session) -> None: ...
+
+    def get(self, key: str) -> Session | None: ...
+
+    def put(self, key: str, session: Session) -> None: ...
 
 
 class MemorySessions:
@@ -57,33 +63,28 @@ class MemorySessions:
 
 
 class RedisSessions:
-    """Sessions shared by every process of the app, in Redis (`redis.asyncio`)."""
+    """Sessions shared by every process of the app, in Redis (redis-py, its asyncio client
+    for `load`/`save` and its blocking one for `get`/`put`, each made on first use)."""
 
     def __init__(
         self,
-        client: Any,  # redis.asyncio.Redis
+        url: str,
         *,
         ttl_s: float,
+        timeout_s: float = 0.05,
         prefix: str = "aiassist:bot:",
         retry_s: float = 5.0,
     ) -> None:
-        self.client, self.ttl_ms, self.prefix, self.retry_s = (
-            client,
-            int(ttl_s * 1000),
-            prefix,
-            retry_s,
-        )
+        self.url, self.timeout_s, self.prefix, self.retry_s = url, timeout_s, prefix, retry_s
+        self.ttl_ms = int(ttl_s * 1000)
         self.fallback = MemorySessions()
         self._down_until = 0.0
+        self._async: Any = None
+        self._sync: Any = None
 
     @classmethod
     def from_url(cls, url: str, *, ttl_s: float, timeout_s: float = 0.05) -> RedisSessions:
-        import redis.asyncio
-
-        client = redis.asyncio.Redis.from_url(
-            url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s
-        )
-        return cls(client, ttl_s=ttl_s)
+        return cls(url, ttl_s=ttl_s, timeout_s=timeout_s)
 
     @property
     def degraded(self) -> bool:
@@ -94,19 +95,50 @@ class RedisSessions:
         if self.degraded:
             return self.fallback.get(key)
         try:
-            raw = await self.client.get(self.prefix + key)
+            if self._async is None:
+                import redis.asyncio
+
+                self._async = redis.asyncio.Redis.from_url(
+                    self.url, socket_timeout=self.timeout_s, socket_connect_timeout=self.timeout_s
+                )
+            raw = await self._async.get(self.prefix + key)
         except Exception as exc:  # any failure of the store: go on in memory
             self._failed(exc)
             return self.fallback.get(key)
-        return None if raw is None else Session.from_json(json.loads(raw))
+        return _decoded(raw)
 
     async def save(self, key: str, session: Session) -> None:
         if self.degraded:
             self.fallback.put(key, session)
             return
         try:
-            value = json.dumps(session.to_json(), separators=(",", ":"))
-            await self.client.set(self.prefix + key, value, px=self.ttl_ms)
+            await self._async.set(self.prefix + key, _encoded(session), px=self.ttl_ms)
+        except Exception as exc:
+            self._failed(exc)
+            self.fallback.put(key, session)
+
+    def get(self, key: str) -> Session | None:
+        if self.degraded:
+            return self.fallback.get(key)
+        try:
+            if self._sync is None:
+                import redis
+
+                self._sync = redis.Redis.from_url(
+                    self.url, socket_timeout=self.timeout_s, socket_connect_timeout=self.timeout_s
+                )
+            raw = self._sync.get(self.prefix + key)
+        except Exception as exc:
+            self._failed(exc)
+            return self.fallback.get(key)
+        return _decoded(raw)
+
+    def put(self, key: str, session: Session) -> None:
+        if self.degraded:
+            self.fallback.put(key, session)
+            return
+        try:
+            self._sync.set(self.prefix + key, _encoded(session), px=self.ttl_ms)
         except Exception as exc:
             self._failed(exc)
             self.fallback.put(key, session)
@@ -116,4 +148,15 @@ class RedisSessions:
         self._down_until = time.monotonic() + self.retry_s
 
     async def aclose(self) -> None:
-        await self.client.aclose()
+        if self._async is not None:
+            await self._async.aclose()
+        if self._sync is not None:
+            self._sync.close()
+
+
+def _encoded(session: Session) -> str:
+    return json.dumps(session.to_json(), separators=(",", ":"))
+
+
+def _decoded(raw: bytes | None) -> Session | None:
+    return None if raw is None else Session.from_json(json.loads(raw))
