@@ -24,7 +24,7 @@ class BotSettings(ModuleSettings):
     rate_limit_at: float = Field(0.8, ge=0, le=1, description="P(bot) from which to slow down.")
     block_at: float = Field(0.95, ge=0, le=1, description="P(bot) from which to refuse.")
     rule_rate_per_min: float = Field(
-        60.0, gt=0, le=1e6, description="The fallback's rate limit: requests a minute."
+        60.0, gt=0, le=1e6, description="The fallback's rate limit: pages a minute."
     )
     rule_min_requests: int = Field(
         20, ge=1, le=1_000_000, description="Requests a session needs before the rate counts."
