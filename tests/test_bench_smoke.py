@@ -113,6 +113,18 @@ def check_faults(result: dict[str, Any]) -> None:
     assert result["total_calls"] >= sum(p["calls"] for p in phases.values())
 
 
+def check_bot(result: dict[str, Any]) -> None:
+    answerers = {"ua_rule", "rate_rule", "fallback", "model"}
+    for family in ("scraper", "headless", "stuffer", "low_and_slow"):
+        for split in ("seen", "unseen"):
+            judged = result["families"][family][split]
+            assert set(judged) == answerers
+            assert all(0 <= row["recall_at_1pct_fpr"] <= 1 for row in judged.values())
+    assert set(result["overall"]) == answerers
+    _latency(result["per_request"], "us")
+    _latency(result["middleware"]["memory"], "us")
+
+
 CHECKS = {
     "latency": check_latency,
     "swap": check_swap,
@@ -121,6 +133,7 @@ CHECKS = {
     "retry": check_retry,
     "audit": check_audit,
     "faults": check_faults,
+    "bot": check_bot,
 }
 #: what these measure on PostgreSQL too (a complete results file has those rows)
 ON_POSTGRES = {"agent_overhead", "audit"}
