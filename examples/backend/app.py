@@ -48,11 +48,12 @@ REVIEW_RATIO = 5.0
 #: The "average" of a customer without history, so a first order is judged too.
 FIRST_ORDER_AVERAGE = 50.0
 
-Email = Annotated[str, Field(min_length=3, max_length=254, pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$")]
-#: One line of text: a name or a subject (a line break in a mail header would inject another).
-Name = Annotated[
-    str, Field(min_length=1, max_length=200, pattern="^[^\x00-\x1f\x7f\x85\u2028\u2029]+$")
-]
+#: Control characters and line breaks of every kind: a mail header holding one injects another.
+_BREAKS = "\x00-\x1f\x7f\x85\u2028\u2029"
+_PART = f"[^@\\s{_BREAKS}]+"
+Email = Annotated[str, Field(min_length=3, max_length=254, pattern=f"^{_PART}@{_PART}\\.{_PART}$")]
+#: One line of text: a name or a subject.
+Name = Annotated[str, Field(min_length=1, max_length=200, pattern=f"^[^{_BREAKS}]+$")]
 Text = Annotated[str, Field(min_length=1, max_length=10_000)]
 #: A row id as the database holds it (a 64-bit integer), so a larger one is a 422, not a 500.
 RowId = Annotated[int, Field(ge=1, le=2**63 - 1)]
