@@ -165,11 +165,8 @@ def _middleware_us(store: Any, sessions: list[GeneratedSession], n: int) -> dict
         return None
 
     middleware = BotMiddleware(noop, BotGuard(store=store))
-    requests = [
-        _asgi_request(hit, f"10.0.{i >> 8 & 255}.{i & 255}")
-        for i, generated in enumerate(sessions)
-        for hit in generated.hits
-    ][:n]
+    hits = [(i, hit) for i, generated in enumerate(sessions) for hit in generated.hits][:n]
+    requests = [_asgi_request(hit, f"10.0.{i >> 8 & 255}.{i & 255}") for i, hit in hits]
 
     async def run() -> list[int]:
         samples = []
