@@ -339,3 +339,13 @@ def service_process(settings: Settings) -> Iterator[ServiceProcess]:
     proc = ServiceProcess(settings, free_port())
     yield proc
     proc.kill()
+
+
+def fuzz_schema(document: dict[str, Any]) -> Any:
+    """A schemathesis schema of an OpenAPI document, generating valid and invalid requests."""
+    import schemathesis
+    from schemathesis import GenerationMode
+
+    loaded = schemathesis.openapi.from_dict(document)
+    loaded.config.generation.update(modes=[GenerationMode.POSITIVE, GenerationMode.NEGATIVE])
+    return loaded

@@ -15,16 +15,14 @@ from typing import Any
 
 import httpx
 import pytest
-import schemathesis
 from hypothesis import HealthCheck, settings
-from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import response_schema_conformance
 
 from aiassist.server.app import create_app
 from aiassist.settings import Settings
 
-from .conftest import ScopedService, scoped_service
+from .conftest import ScopedService, fuzz_schema, scoped_service
 
 EXAMPLES = int(os.environ.get("AIASSIST_FUZZ_EXAMPLES", "10"))
 RSS_GROWTH_BOUND = 256 << 20  # what a leak per request would exceed over the run
@@ -58,9 +56,7 @@ def _schema() -> Any:
     """The OpenAPI the service serves, built as `aiassist serve` builds it (no database is
     opened before the lifespan starts)."""
     built = create_app(Settings(data_dir=Path(tempfile.mkdtemp(prefix="aiassist-schema-"))))
-    loaded = schemathesis.openapi.from_dict(built.openapi())
-    loaded.config.generation.update(modes=[GenerationMode.POSITIVE, GenerationMode.NEGATIVE])
-    return loaded
+    return fuzz_schema(built.openapi())
 
 
 schema = _schema()

@@ -8,36 +8,25 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
-from email import message_from_bytes
-from email.message import Message
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-import schemathesis
 from aiosmtpd.controller import Controller
 from examples.backend.app import create_app
 from examples.backend.db import BackendSettings
 from hypothesis import HealthCheck, settings
-from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import response_schema_conformance
 
-from .conftest import free_port, wait_healthy
+from .conftest import free_port, fuzz_schema, wait_healthy
+from .test_example_backend import Inbox
 
 EXAMPLES = int(os.environ.get("AIASSIST_FUZZ_EXAMPLES", "10"))
 ROOT = Path(__file__).resolve().parents[1]
-
-
-class Inbox:
-    def __init__(self) -> None:
-        self.messages: list[Message] = []
-
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
-        self.messages.append(message_from_bytes(envelope.content))
-        return "250 OK"
 
 
 @pytest.fixture(scope="module")
@@ -66,11 +55,8 @@ def backend(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 def _schema() -> Any:
     """The backend's OpenAPI as it serves it (building the app opens only its engine)."""
-    scratch = Path(os.environ.get("TMPDIR", "/tmp")) / f"aiassist-backend-schema-{os.getpid()}.db"
-    built = create_app(BackendSettings(database_url=f"sqlite:///{scratch}"))
-    loaded = schemathesis.openapi.from_dict(built.openapi())
-    loaded.config.generation.update(modes=[GenerationMode.POSITIVE, GenerationMode.NEGATIVE])
-    return loaded
+    scratch = Path(tempfile.mkdtemp(prefix="aiassist-backend-schema-")) / "backend.db"
+    return fuzz_schema(create_app(BackendSettings(database_url=f"sqlite:///{scratch}")).openapi())
 
 
 schema = _schema()
