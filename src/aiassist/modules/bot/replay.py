@@ -104,30 +104,27 @@ def replay(
     *,
     idle_s: float,
     login_paths: frozenset[str] = frozenset(),
-    progress: Callable[[int], None] | None = None,
 ) -> Replay:
     """Fold `lines` into sessions and score each at its end (`decide` takes a batch)."""
     result = Replay()
-    open_: dict[str, tuple[Session, str]] = {}
+    live: dict[str, tuple[Session, str]] = {}
     ended: list[tuple[str, Session, str]] = []
     for line in lines:
         result.lines += 1
-        if progress is not None and result.lines % 10_000 == 0:
-            progress(result.lines)
         parsed = parse_line(line.rstrip("\n"))
         if parsed is None:
             result.skipped += 1
             continue
         hit = parsed.hit
         key = session_key(parsed.client, hit.user_agent)
-        current = open_.get(key)
+        current = live.get(key)
         if current is not None and hit.at - current[0].last > idle_s:
             ended.append((key, *current))
             current = None
         if current is None:
-            current = open_[key] = (Session(), hit.user_agent)
+            current = live[key] = (Session(), hit.user_agent)
         current[0].observe(hit, login_paths)
-    ended.extend((key, session, agent) for key, (session, agent) in open_.items())
+    ended.extend((key, session, agent) for key, (session, agent) in live.items())
     for chunk in _chunks(ended, 1000):
         features = [session.features() for _, session, _ in chunk]
         for (key, session, agent), f, d in zip(chunk, features, decide(features), strict=True):
