@@ -70,12 +70,14 @@ LATENCY_GOAL_US = 100.0
 REDIS_URL = os.environ.get("AIASSIST_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
 
 
-def _serve(families: tuple[str, ...], sessions: int, seed: int, workdir: Path) -> Decider:
-    """The module's model trained on `families` only, published and served as in production."""
+def _serve(families: tuple[str, ...], sessions: int, seed: int, models: Path) -> Decider:
+    """The module's model trained on `families` only, published to `models` as `stable` and
+    served as in production."""
     features, labels = examples(generate(sessions, seed, families), seed)
     exported = trainer.fit(Dataset.build(module, features, labels), seed)
-    registry = ModelRegistry(workdir / "-".join(families))
+    registry = ModelRegistry(models)
     manifest = exported.publish(registry, module)
+    registry.set_tag(module.name, "stable", manifest.version, actor="bench", reason="bench")
     decider = Decider([module], metrics=Metrics(CollectorRegistry()))
     decider.load(
         module.name, load_checked(registry, module, manifest.version, latency_budget_us=5000)
@@ -185,7 +187,7 @@ def _redis(url: str) -> RedisSessions | None:
     except redis.RedisError as exc:
         print(f"Redis unavailable at {url} ({exc}): skipped", flush=True)
         return None
-    return RedisSessions.from_url(url, ttl_s=600, timeout_s=1.0)
+    return RedisSessions(url, ttl_s=600, timeout_s=1.0)
 
 
 def main() -> None:
@@ -209,7 +211,7 @@ def main() -> None:
         for held in BOT_FAMILIES:
             began = time.perf_counter()
             seen = tuple(f for f in FAMILIES if f != held)
-            decider = _serve(seen, args.sessions, args.seed, workdir)
+            decider = _serve(seen, args.sessions, args.seed, workdir / held)
             features, y = _ends(people + [s for s in test if s.family == held])
             results[held] = {
                 "bot_sessions": int(y.sum()),
@@ -219,7 +221,8 @@ def main() -> None:
             print(
                 f"  {held:<14} unseen  {_line(results[held]['unseen'])}  ({took:.0f} s)", flush=True
             )
-        decider = _serve(FAMILIES, args.sessions, args.seed, workdir)
+        service = workdir / "service"  # the model trained on all, for AIAssistService too
+        decider = _serve(FAMILIES, args.sessions, args.seed, service / "models")
         features, y = _ends(test)
         overall = _judge(y, _scores(decider, features))
         for held in BOT_FAMILIES:
@@ -229,13 +232,8 @@ def main() -> None:
         print(f"  {'all':<14} seen    {_line(overall)}", flush=True)
         latency = _per_request_us(decider, test, args.requests)
         show("one request: fold in, features, model", latency, "us")
-        registry = ModelRegistry(workdir / "service" / "models")
-        features_all, labels_all = examples(generate(args.sessions, args.seed), args.seed)
-        exported = trainer.fit(Dataset.build(module, features_all, labels_all), args.seed)
-        version = exported.publish(registry, module).version
-        registry.set_tag(module.name, "stable", version, actor="bench", reason="bench")
         AIAssistService.reset()
-        AIAssistService.setup(Settings(data_dir=workdir / "service", record_decisions=False))
+        AIAssistService.setup(Settings(data_dir=service, record_decisions=False))
         middleware = {"memory": _middleware_us(MemorySessions(), test, args.requests)}
         show("middleware, sessions in memory", middleware["memory"], "us")
         store = _redis(REDIS_URL)

@@ -225,7 +225,7 @@ def test_a_scraper_gets_the_action_and_a_browser_is_untouched(
     tmp_path: Path, redis_server: tuple[str, subprocess.Popen[bytes]]
 ) -> None:
     url, _ = redis_server
-    store = RedisSessions.from_url(url, ttl_s=1800)
+    store = RedisSessions(url, ttl_s=1800)
     with serving(_app(BotGuard(store=store), tmp_path, act=True)) as base:
         with httpx.Client(base_url=base, headers=BROWSER_HEADERS) as person:
             for page in ("/", "/product/12", "/cart"):
@@ -245,7 +245,7 @@ def test_a_redis_outage_falls_back_to_memory_without_failing_requests(
     tmp_path: Path, redis_server: tuple[str, subprocess.Popen[bytes]]
 ) -> None:
     url, proc = redis_server
-    store = RedisSessions.from_url(url, ttl_s=1800)
+    store = RedisSessions(url, ttl_s=1800)
     with (
         serving(_app(BotGuard(store=store), tmp_path)) as base,
         httpx.Client(base_url=base, headers=BROWSER_HEADERS) as person,

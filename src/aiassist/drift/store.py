@@ -153,8 +153,9 @@ class DriftStore:
             )
             if existing is not None:
                 return None, []
-            switch = rollback and session.get(DriftRoute, version) is None
-            switch = switch and version != stable_version
+            switch = (
+                rollback and version != stable_version and session.get(DriftRoute, version) is None
+            )
             incident = DriftIncident(
                 endpoint=endpoint,
                 version=version,
@@ -169,10 +170,13 @@ class DriftStore:
             )
             session.add(incident)
             session.flush()
-            data = {"endpoint": endpoint, "severity": severity, "fields": fields}
-            events: list[Event] = [
-                ("drift.detected", f"{endpoint} {version}", {**data, "incident": incident.id})
-            ]
+            data = {
+                "endpoint": endpoint,
+                "severity": severity,
+                "fields": fields,
+                "incident": incident.id,
+            }
+            events: list[Event] = [("drift.detected", f"{endpoint} {version}", data)]
             if not switch:
                 return (incident, None), events
             route = DriftRoute(

@@ -25,15 +25,13 @@ __all__ = ["BotMiddleware"]
 
 log = logging.getLogger("aiassist.bot")
 
-_MAX_HEADER = 1000  # bytes of a header value the features read
+_MAX_UA = 1000  # bytes of the user agent the features read
 
 
 def _hit(scope: Scope) -> tuple[Hit, dict[bytes, bytes]]:
     headers: dict[bytes, bytes] = {}
-    count = 0
     for name, value in scope["headers"]:
-        count += 1
-        headers.setdefault(name, value[:_MAX_HEADER])
+        headers.setdefault(name, value)  # the first of a repeated header
     query = scope.get("query_string", b"")
     path = scope["path"] + ("?" + query.decode("latin-1") if query else "")
     return (
@@ -41,9 +39,9 @@ def _hit(scope: Scope) -> tuple[Hit, dict[bytes, bytes]]:
             at=time.time(),
             method=scope["method"],
             path=path[:512],
-            user_agent=headers.get(b"user-agent", b"").decode("latin-1"),
+            user_agent=headers.get(b"user-agent", b"")[:_MAX_UA].decode("latin-1"),
             referer=b"referer" in headers,
-            header_count=count,
+            header_count=len(scope["headers"]),
             accept_language=b"accept-language" in headers,
             sec_fetch=b"sec-fetch-mode" in headers or b"sec-fetch-site" in headers,
             cookie=b"cookie" in headers,

@@ -88,12 +88,10 @@ class KeyStore:
                 else f"a key needs at least one scope; choose from {sorted(SCOPES)}"
             )
         key_id, secret = secrets.token_hex(6), secrets.token_urlsafe(32)
-        row = ApiKey(
-            id=key_id, name=name, secret_hash=_hash(secret), scopes=",".join(sorted(wanted))
-        )
 
         def change(session: Session) -> tuple[None, list[Event]]:
-            session.add(row)
+            scopes = ",".join(sorted(wanted))
+            session.add(ApiKey(id=key_id, name=name, secret_hash=_hash(secret), scopes=scopes))
             return None, [("key.created", key_id, {"scopes": sorted(wanted)})]
 
         self._audit.record(change, actor=actor)

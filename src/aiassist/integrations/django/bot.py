@@ -52,9 +52,7 @@ def bot_guard() -> BotGuard:
             config = module.config
             url = options.get("redis_url")
             store: SessionStore = (
-                RedisSessions.from_url(url, ttl_s=config.session_idle_s)
-                if url
-                else MemorySessions()
+                RedisSessions(url, ttl_s=config.session_idle_s) if url else MemorySessions()
             )
             routes = {p: Thresholds(**t) for p, t in options.get("routes", {}).items()}
             _guard = BotGuard(config, store, routes)

@@ -52,7 +52,11 @@ def replay(
 
     with progress_open(log, "r", encoding="utf-8", errors="replace", description="reading") as f:
         result = run_replay(
-            f, decide, idle_s=config.session_idle_s, login_paths=frozenset(config.login_paths)
+            f,
+            decide,
+            idle_s=config.session_idle_s,
+            window_s=config.session_window_s,
+            login_paths=frozenset(config.login_paths),
         )
     version = decider.served_version(module.name)
     answered_by = f"model {version}" if version else "the rule fallback (no model)"

@@ -26,7 +26,6 @@ class Scored:
     key: str
     session: Session
     decision: BotDecision
-    login: bool
 
 
 @dataclass
@@ -59,11 +58,11 @@ class BotGuard:
         return self._scored(key, session, decision, hit)
 
     async def answered(self, scored: Scored, status: int) -> None:
-        scored.session.answered_with(status, scored.login)
+        scored.session.answered_with(status)
         await self.store.save(scored.key, scored.session)
 
     def answered_sync(self, scored: Scored, status: int) -> None:
-        scored.session.answered_with(status, scored.login)
+        scored.session.answered_with(status)
         self.store.put(scored.key, scored.session)
 
     def _fold(self, session: Session | None, hit: Hit) -> Session:
@@ -75,5 +74,4 @@ class BotGuard:
 
     def _scored(self, key: str, session: Session, decision: BotDecision, hit: Hit) -> Scored:
         decision.action = self.thresholds(hit.path).action(decision.p_bot)
-        login = hit.method == "POST" and hit.path.split("?", 1)[0] in self.login_paths
-        return Scored(key, session, decision, login)
+        return Scored(key, session, decision)

@@ -3,9 +3,10 @@
 A log has no headers beyond the referer and the user agent, so its requests carry
 `headers_known=False` and the model reads their sessions as it was trained to read logs.
 Sessions are keyed as the middleware keys them (a digest of address and user agent, the
-address itself never kept) and end after the idle timeout. The report says how many
-sessions and requests fall in each action band, which sessions scored highest and why,
-and how many sessions each threshold would flag: what to set `AIASSIST_BOT_*_AT` from.
+address itself never kept) and end as its sessions do (idle timeout, maximum age). The
+report says how many sessions and requests fall in each action band, which sessions scored
+highest and why, and how many sessions each threshold would flag: what to set
+`AIASSIST_BOT_*_AT` from.
 """
 
 from __future__ import annotations
@@ -68,7 +69,6 @@ class ScoredSession:
     requests: int
     first: float
     last: float
-    features: BotFeatures
     decision: BotDecision
 
 
@@ -103,6 +103,7 @@ def replay(
     decide: Callable[[list[BotFeatures]], list[BotDecision]],
     *,
     idle_s: float,
+    window_s: float,
     login_paths: frozenset[str] = frozenset(),
 ) -> Replay:
     """Fold `lines` into sessions and score each at its end (`decide` takes a batch)."""
@@ -118,7 +119,7 @@ def replay(
         hit = parsed.hit
         key = session_key(parsed.client, hit.user_agent)
         current = live.get(key)
-        if current is not None and hit.at - current[0].last > idle_s:
+        if current is not None and current[0].expired(hit.at, idle_s, window_s):
             ended.append((key, *current))
             current = None
         if current is None:
@@ -127,9 +128,9 @@ def replay(
     ended.extend((key, session, agent) for key, (session, agent) in live.items())
     for chunk in _chunks(ended, 1000):
         features = [session.features() for _, session, _ in chunk]
-        for (key, session, agent), f, d in zip(chunk, features, decide(features), strict=True):
+        for (key, session, agent), d in zip(chunk, decide(features), strict=True):
             result.sessions.append(
-                ScoredSession(key, agent, session.requests, session.started, session.last, f, d)
+                ScoredSession(key, agent, session.requests, session.started, session.last, d)
             )
     result.sessions.sort(key=lambda s: -s.decision.p_bot)
     return result

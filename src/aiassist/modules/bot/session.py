@@ -87,6 +87,7 @@ class Session:
     siblings: int = 0
     robots: bool = False
     login_attempts: int = 0
+    last_was_login: bool = False  # the request observed last POSTed to a login path
     login_streak: int = 0
     login_streak_max: int = 0
     ua: list[bool] = field(default_factory=lambda: [False] * 5)
@@ -115,9 +116,8 @@ class Session:
             self.accept_language += hit.accept_language
             self.sec_fetch += hit.sec_fetch
             self.cookies += hit.cookie
-        agent = classify(hit.user_agent)
-        flags = (agent.known_bot, agent.library, agent.headless, agent.missing)
-        now = (*flags, agent.browser_like)
+        a = classify(hit.user_agent)
+        now = (a.known_bot, a.library, a.headless, a.missing, a.browser_like)
         self.ua = [seen or flag for seen, flag in zip(self.ua, now, strict=True)]
         path = hit.path[:512]
         bare = path.split("?", 1)[0]
@@ -127,15 +127,16 @@ class Session:
             self.assets += 1
         else:
             self._page(path, hit.at)  # with its query: ?page=1, ?page=2 are a sweep
+        self.last_was_login = hit.method == "POST" and bare in login_paths
         if hit.status:
-            self.answered_with(hit.status, bare in login_paths and hit.method == "POST")
+            self.answered_with(hit.status)
 
-    def answered_with(self, status: int, login: bool = False) -> None:
+    def answered_with(self, status: int) -> None:
         """The status of the request observed last, once the app has answered."""
         self.answered += 1
         self.errors += 400 <= status < 500
         self.not_found += status == 404
-        if login:
+        if self.last_was_login:
             self.login_attempts += 1
             failed = status in (401, 403)
             self.login_streak = self.login_streak + 1 if failed else 0

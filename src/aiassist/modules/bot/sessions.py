@@ -12,7 +12,7 @@ import json
 import logging
 import time
 from collections import OrderedDict
-from typing import Any, Protocol
+from typing import Protocol
 
 from aiassist.modules.bot.session import Session
 
@@ -64,7 +64,7 @@ class MemorySessions:
 
 class RedisSessions:
     """Sessions shared by every process of the app, in Redis (redis-py, its asyncio client
-    for `load`/`save` and its blocking one for `get`/`put`, each made on first use)."""
+    for `load`/`save` and its blocking one for `get`/`put`; neither connects before use)."""
 
     def __init__(
         self,
@@ -75,16 +75,18 @@ class RedisSessions:
         prefix: str = "aiassist:bot:",
         retry_s: float = 5.0,
     ) -> None:
-        self.url, self.timeout_s, self.prefix, self.retry_s = url, timeout_s, prefix, retry_s
-        self.ttl_ms = int(ttl_s * 1000)
+        import redis
+        import redis.asyncio
+
+        self.prefix, self.retry_s, self.ttl_ms = prefix, retry_s, int(ttl_s * 1000)
         self.fallback = MemorySessions()
         self._down_until = 0.0
-        self._async: Any = None
-        self._sync: Any = None
-
-    @classmethod
-    def from_url(cls, url: str, *, ttl_s: float, timeout_s: float = 0.05) -> RedisSessions:
-        return cls(url, ttl_s=ttl_s, timeout_s=timeout_s)
+        self._async = redis.asyncio.Redis.from_url(
+            url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s
+        )
+        self._sync = redis.Redis.from_url(
+            url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s
+        )
 
     @property
     def degraded(self) -> bool:
@@ -95,12 +97,6 @@ class RedisSessions:
         if self.degraded:
             return self.fallback.get(key)
         try:
-            if self._async is None:
-                import redis.asyncio
-
-                self._async = redis.asyncio.Redis.from_url(
-                    self.url, socket_timeout=self.timeout_s, socket_connect_timeout=self.timeout_s
-                )
             raw = await self._async.get(self.prefix + key)
         except Exception as exc:  # any failure of the store: go on in memory
             self._failed(exc)
@@ -121,12 +117,6 @@ class RedisSessions:
         if self.degraded:
             return self.fallback.get(key)
         try:
-            if self._sync is None:
-                import redis
-
-                self._sync = redis.Redis.from_url(
-                    self.url, socket_timeout=self.timeout_s, socket_connect_timeout=self.timeout_s
-                )
             raw = self._sync.get(self.prefix + key)
         except Exception as exc:
             self._failed(exc)
@@ -148,15 +138,13 @@ class RedisSessions:
         self._down_until = time.monotonic() + self.retry_s
 
     async def aclose(self) -> None:
-        if self._async is not None:
-            await self._async.aclose()
-        if self._sync is not None:
-            self._sync.close()
+        await self._async.aclose()
+        self._sync.close()
 
 
 def _encoded(session: Session) -> str:
     return json.dumps(session.to_json(), separators=(",", ":"))
 
 
-def _decoded(raw: bytes | None) -> Session | None:
+def _decoded(raw: bytes | str | None) -> Session | None:
     return None if raw is None else Session.from_json(json.loads(raw))
