@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import os
+import secrets
 import shutil
 import subprocess
 import sys
@@ -17,6 +18,7 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
+from sqlalchemy import select
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -34,6 +36,8 @@ from aiassist.modules.bot.simulator import FAMILIES, access_log, generate, snaps
 from aiassist.modules.bot.training import recall_at_fpr, trainer
 from aiassist.modules.bot.useragent import classify
 from aiassist.settings import Settings
+from aiassist.store.db import make_engine, make_sessionmaker
+from aiassist.store.models import DecisionRecord, OutcomeRecord
 
 from .conftest import free_port, serving, wait_for
 from .test_docs import python_blocks
@@ -323,12 +327,25 @@ def test_the_docs_example_wires_the_score_into_the_apps_auth(tmp_path: Path) -> 
     namespace: dict[str, Any] = {}
     exec(block, namespace)
     AIAssistService.reset()
-    AIAssistService.setup(Settings(data_dir=tmp_path, record_decisions=False))
+    AIAssistService.setup(Settings(data_dir=tmp_path))
     try:
         with serving(namespace["app"]) as base:
             scraper = httpx.post(f"{base}/login", headers={"user-agent": "curl/8.5.0"})
-            person = httpx.post(f"{base}/login", headers=BROWSER_HEADERS)
+            visitor = BROWSER_HEADERS | {"cookie": f"sid={secrets.token_hex(8)}"}  # new session
+            person = httpx.post(f"{base}/login", headers=visitor)
+            paid = httpx.post(f"{base}/checkout", headers=visitor)
     finally:
-        AIAssistService.reset()
+        AIAssistService.reset()  # drains the decision recorder
     assert scraper.status_code == 401 and "challenge" in scraper.json()["detail"]
     assert person.status_code == 200, person.text
+    assert paid.status_code == 200, paid.text
+    db = make_engine(Settings(data_dir=tmp_path).resolved_database_url)
+    with make_sessionmaker(db)() as session:  # the confirmation alone, not each request
+        [(features, outcome)] = session.execute(
+            select(DecisionRecord.features, OutcomeRecord.outcome).join(
+                OutcomeRecord, OutcomeRecord.decision_id == DecisionRecord.id
+            )
+        ).all()
+    db.dispose()
+    # the session as stored: its login (the checkout is stored once it has been answered)
+    assert outcome == {"is_bot": False} and features["requests"] == 1

@@ -27,13 +27,17 @@ def whoami(request, page):
     bot = request.bot  # the app's own auth reads it
     return JsonResponse({"action": bot.action, "p_bot": bot.p_bot} if bot else {"action": None})
 
+def checkout(request):  # a purchase: the session was a person
+    from aiassist.integrations.django.bot import bot_guard
+    return JsonResponse({"confirmed": bot_guard().confirm_sync(request.bot_session, is_bot=False)})
+
 settings.configure(
     DEBUG=False, ALLOWED_HOSTS=["testserver"], ROOT_URLCONF=__name__, SECRET_KEY="test",
     INSTALLED_APPS=["aiassist.integrations.django"],
     MIDDLEWARE=["aiassist.integrations.django.bot.BotMiddleware"],
     AIASSIST_BOT=json.loads(sys.argv[1]),
 )
-urlpatterns = [path("<path:page>", whoami)]
+urlpatterns = [path("checkout", checkout), path("<path:page>", whoami)]
 django.setup()
 from django.test import Client
 browser = {
@@ -46,6 +50,7 @@ person, bot = Client(**browser), Client(HTTP_USER_AGENT="python-requests/2.32.3"
 for page in ("home", "product/1", "cart"):
     r = person.get("/" + page)
     out["browser"].append([r.status_code, r.json().get("action")])
+out["confirmed"] = person.post("/checkout").json()["confirmed"]
 for page in ("product/1", "product/2"):
     r = bot.get("/" + page)
     out["scraper"].append([r.status_code, r.get("Retry-After")])
@@ -63,7 +68,7 @@ def run_django(tmp_path: Path, options: dict[str, Any]) -> Any:
         capture_output=True,
         text=True,
         timeout=120,
-        env=os.environ | {"AIASSIST_DATA_DIR": str(tmp_path), "AIASSIST_RECORD_DECISIONS": "false"},
+        env=os.environ | {"AIASSIST_DATA_DIR": str(tmp_path)},  # decisions in SQLite there
     )
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout.strip().splitlines()[-1])
@@ -75,6 +80,7 @@ def test_django_blocks_a_scraper_and_leaves_a_browser_alone(tmp_path: Path) -> N
     assert out["browser"] == [[200, "allow"]] * 3
     assert out["scraper"] == [[403, None]] * 2
     assert out["degraded"] is False
+    assert out["confirmed"] is True  # the session's decision and outcome are stored
 
 
 def test_django_rate_limits_by_route_and_survives_redis_away(tmp_path: Path) -> None:
@@ -88,3 +94,4 @@ def test_django_rate_limits_by_route_and_survives_redis_away(tmp_path: Path) -> 
     assert out["browser"][0] == [200, "allow"] and out["browser"][1][0] == 429
     assert out["scraper"] == [[429, "9"]] * 2  # the route's band, not the default block
     assert out["degraded"] is True
+    assert out["confirmed"] is True  # from the session in memory

@@ -84,12 +84,15 @@ class Decider:
             features = features.model_dump()
         return cls.model_validate(features)
 
-    def decide(self, name: str, features: Features | Mapping[str, Any]) -> Decision:
-        return self.decide_many(name, [features])[0]
+    def decide(
+        self, name: str, features: Features | Mapping[str, Any], *, record: bool = True
+    ) -> Decision:
+        return self.decide_many(name, [features], record=record)[0]
 
     def decide_many(
-        self, name: str, batch: Sequence[Features | Mapping[str, Any]]
+        self, name: str, batch: Sequence[Features | Mapping[str, Any]], *, record: bool = True
     ) -> list[Decision]:
+        """Decide for each item; `record` false keeps the decisions from `on_decision`."""
         module = self.module(name)
         items = [self.features(name, f) for f in batch]
         if not items:
@@ -103,7 +106,7 @@ class Decider:
                 d.fallback_reason = reason
             self._count(self.metrics.fallbacks, name, reason, n=len(items))
         self._count(self.metrics.decisions, name, decisions[0].source, n=len(items))
-        if self.on_decision is not None:
+        if record and self.on_decision is not None:
             for f, d in zip(items, decisions, strict=True):
                 self.on_decision(name, f, d)
         return decisions

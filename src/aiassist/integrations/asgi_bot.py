@@ -3,7 +3,9 @@
     app.add_middleware(BotMiddleware, guard=BotGuard(), act=True)
 
 Each request is folded into its session and scored before the app sees it; the decision
-is put on the request for the app's own auth (`request.state.bot`, a `BotDecision`). With
+is put on the request for the app's own auth (`request.state.bot`, a `BotDecision`), and
+the session's id as `request.state.bot_session`, for `BotGuard.confirm` once the app learns
+what the session was (a challenge passed, a purchase made). With
 `act`, a session in the block band gets 403, in the rate-limit band 429 with Retry-After,
 and in the challenge band the `challenge` ASGI app (a CAPTCHA page, a proof of work) when
 one is given. Scoring never fails a request: if it raises, the request goes on unscored
@@ -89,13 +91,16 @@ class BotMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        key: str | None = None
         scored: Scored | None = None
         try:
             hit, headers = _hit(scope)
-            scored = await self.guard.score(self._key(scope, hit, headers), hit)
+            key = self._key(scope, hit, headers)
+            scored = await self.guard.score(key, hit)
         except Exception:
             log.exception("bot scoring failed; the request goes on unscored")
-        scope.setdefault("state", {})["bot"] = scored.decision if scored else None
+        state = scope.setdefault("state", {})
+        state["bot"], state["bot_session"] = (scored.decision if scored else None), key
         if scored is None:
             await self.app(scope, receive, send)
             return

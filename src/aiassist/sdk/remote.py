@@ -98,15 +98,19 @@ class RemoteClient:
             await client.aclose()
 
     # --- calls -------------------------------------------------------------------------
-    def decide_many(self, module: AnyModule, batch: Sequence[Features]) -> list[Decision]:
-        path, body = _decide_request(module, batch)
+    def decide_many(
+        self, module: AnyModule, batch: Sequence[Features], *, record: bool = True
+    ) -> list[Decision]:
+        path, body = _decide_request(module, batch, record)
         self._guard()
         with self.breaker:
             response = _send(lambda: self._sync().post(path, json=body))
             return _decisions(module, response, len(batch))
 
-    async def adecide_many(self, module: AnyModule, batch: Sequence[Features]) -> list[Decision]:
-        path, body = _decide_request(module, batch)
+    async def adecide_many(
+        self, module: AnyModule, batch: Sequence[Features], *, record: bool = True
+    ) -> list[Decision]:
+        path, body = _decide_request(module, batch, record)
         self._guard()
         with self.breaker:
             client = self._async()
@@ -132,11 +136,15 @@ class RemoteClient:
             raise ServiceUnavailable("breaker_open")
 
 
-def _decide_request(module: AnyModule, batch: Sequence[Features]) -> tuple[str, dict[str, Any]]:
-    path = f"/v1/{module.name}/decide"
+def _decide_request(
+    module: AnyModule, batch: Sequence[Features], record: bool
+) -> tuple[str, dict[str, Any]]:
+    body: dict[str, Any] = {} if record else {"record": False}
     if len(batch) == 1:
-        return path, {"features": batch[0].model_dump(mode="json")}
-    return path, {"batch": [f.model_dump(mode="json") for f in batch]}
+        body["features"] = batch[0].model_dump(mode="json")
+    else:
+        body["batch"] = [f.model_dump(mode="json") for f in batch]
+    return f"/v1/{module.name}/decide", body
 
 
 def _outcome_request(

@@ -104,18 +104,30 @@ class AIAssistService:
     # `ai.decide(priority.module, {...}).priority` type-checks without a cast.
     @overload
     def decide(
-        self, module: Module[Any, D, Any], features: RawFeatures, *, raise_errors: bool = False
+        self,
+        module: Module[Any, D, Any],
+        features: RawFeatures,
+        *,
+        raise_errors: bool = False,
+        record: bool = True,
     ) -> D: ...
     @overload
     def decide(
-        self, module: str, features: RawFeatures, *, raise_errors: bool = False
+        self, module: str, features: RawFeatures, *, raise_errors: bool = False, record: bool = True
     ) -> Decision: ...
     def decide(
-        self, module: ModuleRef, features: RawFeatures, *, raise_errors: bool = False
+        self,
+        module: ModuleRef,
+        features: RawFeatures,
+        *,
+        raise_errors: bool = False,
+        record: bool = True,
     ) -> Decision:
         """Decide once. Invalid features raise pydantic.ValidationError (a caller bug);
-        service failures answer with the fallback unless `raise_errors`."""
-        return self.decide_many(module, [features], raise_errors=raise_errors)[0]
+        service failures answer with the fallback unless `raise_errors`. With `record`
+        false the decision is not stored: a point deciding on every request records only
+        the decisions it will report outcomes for."""
+        return self.decide_many(module, [features], raise_errors=raise_errors, record=record)[0]
 
     @overload
     def decide_many(
@@ -124,20 +136,31 @@ class AIAssistService:
         batch: Sequence[RawFeatures],
         *,
         raise_errors: bool = False,
+        record: bool = True,
     ) -> list[D]: ...
     @overload
     def decide_many(
-        self, module: str, batch: Sequence[RawFeatures], *, raise_errors: bool = False
+        self,
+        module: str,
+        batch: Sequence[RawFeatures],
+        *,
+        raise_errors: bool = False,
+        record: bool = True,
     ) -> list[Decision]: ...
     def decide_many(
-        self, module: ModuleRef, batch: Sequence[RawFeatures], *, raise_errors: bool = False
+        self,
+        module: ModuleRef,
+        batch: Sequence[RawFeatures],
+        *,
+        raise_errors: bool = False,
+        record: bool = True,
     ) -> list[Any]:  # list[D] for a module object, see the overloads
         name = _name(module)
         if self._remote is None:
-            return self.decider.decide_many(name, batch)
+            return self.decider.decide_many(name, batch, record=record)
         mod, items = self._validated(name, batch)
         try:
-            decisions = self._remote.decide_many(mod, items)
+            decisions = self._remote.decide_many(mod, items, record=record)
         except ServiceUnavailable as exc:
             if raise_errors:
                 raise
@@ -147,16 +170,29 @@ class AIAssistService:
 
     @overload
     async def adecide(
-        self, module: Module[Any, D, Any], features: RawFeatures, *, raise_errors: bool = False
+        self,
+        module: Module[Any, D, Any],
+        features: RawFeatures,
+        *,
+        raise_errors: bool = False,
+        record: bool = True,
     ) -> D: ...
     @overload
     async def adecide(
-        self, module: str, features: RawFeatures, *, raise_errors: bool = False
+        self, module: str, features: RawFeatures, *, raise_errors: bool = False, record: bool = True
     ) -> Decision: ...
     async def adecide(
-        self, module: ModuleRef, features: RawFeatures, *, raise_errors: bool = False
+        self,
+        module: ModuleRef,
+        features: RawFeatures,
+        *,
+        raise_errors: bool = False,
+        record: bool = True,
     ) -> Decision:
-        return (await self.adecide_many(module, [features], raise_errors=raise_errors))[0]
+        decided = await self.adecide_many(
+            module, [features], raise_errors=raise_errors, record=record
+        )
+        return decided[0]
 
     @overload
     async def adecide_many(
@@ -165,20 +201,33 @@ class AIAssistService:
         batch: Sequence[RawFeatures],
         *,
         raise_errors: bool = False,
+        record: bool = True,
     ) -> list[D]: ...
     @overload
     async def adecide_many(
-        self, module: str, batch: Sequence[RawFeatures], *, raise_errors: bool = False
+        self,
+        module: str,
+        batch: Sequence[RawFeatures],
+        *,
+        raise_errors: bool = False,
+        record: bool = True,
     ) -> list[Decision]: ...
     async def adecide_many(
-        self, module: ModuleRef, batch: Sequence[RawFeatures], *, raise_errors: bool = False
+        self,
+        module: ModuleRef,
+        batch: Sequence[RawFeatures],
+        *,
+        raise_errors: bool = False,
+        record: bool = True,
     ) -> list[Any]:  # list[D] for a module object, see the overloads
         name = _name(module)
         if self._remote is None:
-            return self.decider.decide_many(name, batch)  # microseconds: no thread hop
+            return self.decider.decide_many(
+                name, batch, record=record
+            )  # microseconds: no thread hop
         mod, items = self._validated(name, batch)
         try:
-            decisions = await self._remote.adecide_many(mod, items)
+            decisions = await self._remote.adecide_many(mod, items, record=record)
         except ServiceUnavailable as exc:
             if raise_errors:
                 raise

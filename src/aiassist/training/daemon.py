@@ -193,16 +193,18 @@ class ModelDaemon:
         result = CycleResult(name, "promoted", "", version, q_candidate, q_baseline, baseline)
         self.metrics.quality.labels(name, "candidate").set(q_candidate)
         self.metrics.quality.labels(name, "baseline").set(q_baseline)
-        if q_candidate < q_baseline:
+        # A stable model is replaced only by a better one; the fallback by one no worse.
+        if q_candidate < q_baseline or (stable is not None and q_candidate == q_baseline):
             result.action = "rejected"
             result.reason = (
-                f"held-out quality {q_candidate:.4f} is below {baseline}'s "
+                f"held-out quality {q_candidate:.4f} is "
+                f"{'below' if q_candidate < q_baseline else 'no better than'} {baseline}'s "
                 f"{q_baseline:.4f} on {len(holdout)} examples"
             )
             return self._reject(result)
         result.reason = (
-            f"held-out quality {q_candidate:.4f} >= {baseline}'s {q_baseline:.4f} "
-            f"on {len(holdout)} examples"
+            f"held-out quality {q_candidate:.4f} {'>' if stable else '>='} {baseline}'s "
+            f"{q_baseline:.4f} on {len(holdout)} examples"
         )
         self.registry.set_tag(name, "stable", version, actor="daemon", reason=result.reason)
         self.audit.append(

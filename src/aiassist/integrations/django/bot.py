@@ -1,5 +1,7 @@
 """Django middleware of the bot module: scores each request and puts the decision on it
-(`request.bot`, a `BotDecision`, or None if scoring failed) for the app's own auth.
+(`request.bot`, a `BotDecision`, or None if scoring failed) for the app's own auth, and
+the session's id (`request.bot_session`) for `bot_guard().confirm_sync(...)` once the app
+learns what the session was.
 
     INSTALLED_APPS = [..., "aiassist.integrations.django"]   # sets the AI layer up
     MIDDLEWARE = ["aiassist.integrations.django.bot.BotMiddleware", ...]
@@ -95,13 +97,15 @@ class BotMiddleware:
         return session_key(address, hit.user_agent, cookie or None)
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
+        key: str | None = None
         scored: Scored | None = None
         try:
             hit = _hit(request)
-            scored = self.guard.score_sync(self._key(request, hit), hit)
+            key = self._key(request, hit)
+            scored = self.guard.score_sync(key, hit)
         except Exception:
             log.exception("bot scoring failed; the request goes on unscored")
-        request.bot = scored.decision if scored else None
+        request.bot, request.bot_session = (scored.decision if scored else None), key
         if scored is None:
             return self.get_response(request)
         response = self._answer(scored, request)

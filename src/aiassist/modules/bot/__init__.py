@@ -94,30 +94,34 @@ class BotOutcome(Outcome):
 
 
 def _signals(f: BotFeatures) -> list[str]:
-    """The traits of the session that bots show and people rarely do, strongest first."""
-    found: list[tuple[float, str]] = []
+    """The traits of the session that bots show and people rarely do, strongest first.
 
-    def note(strength: float, text: str) -> None:
-        if strength > 0:
-            found.append((strength, text))
-
-    note(3.0 * f.ua_known_bot, "user agent names a crawler")
-    note(3.0 * f.ua_library, "user agent is an HTTP library")
-    note(3.0 * f.ua_headless, "user agent admits a headless browser")
-    note(2.5 * f.ua_missing, "no user agent")
-    note(min(f.login_fail_streak / 3.0, 3.0), f"{f.login_fail_streak} failed logins in a row")
-    note(min(f.rate_per_min / 60.0, 3.0) * (f.requests >= 10), f"{f.rate_per_min:.0f} req/min")
-    if f.requests >= 5 and f.page_gap_mean_s > 0 and f.page_gap_cv < 0.25:
-        note(2.0, f"regular pacing (cv {f.page_gap_cv:.2f})")
-    note(2.0 * f.sibling_share * (f.requests >= 5), f"sweeps sibling paths ({f.sibling_share:.0%})")
-    note(1.5 * f.robots_hit, "fetched robots.txt")
-    note(3.0 * f.not_found_share * (f.requests >= 5), f"{f.not_found_share:.0%} not found")
-    if f.requests >= 5 and f.asset_share < 0.05:
-        note(1.2, "fetches no assets")
-    if f.headers_seen and f.requests >= 3 and f.accept_language_share < 0.5:
-        note(1.0, "no Accept-Language")
+    Each is (strength, text template, value); only the five reported are formatted."""
+    enough = f.requests >= 5
+    found = [
+        (3.0 * f.ua_known_bot, "user agent names a crawler", 0.0),
+        (3.0 * f.ua_library, "user agent is an HTTP library", 0.0),
+        (3.0 * f.ua_headless, "user agent admits a headless browser", 0.0),
+        (2.5 * f.ua_missing, "no user agent", 0.0),
+        (min(f.login_fail_streak / 3.0, 3.0), "{:.0f} failed logins in a row", f.login_fail_streak),
+        (min(f.rate_per_min / 60.0, 3.0) * (f.requests >= 10), "{:.0f} req/min", f.rate_per_min),
+        (
+            2.0 * (enough and f.page_gap_mean_s > 0 and f.page_gap_cv < 0.25),
+            "regular pacing (cv {:.2f})",
+            f.page_gap_cv,
+        ),
+        (2.0 * f.sibling_share * enough, "sweeps sibling paths ({:.0%})", f.sibling_share),
+        (1.5 * f.robots_hit, "fetched robots.txt", 0.0),
+        (3.0 * f.not_found_share * enough, "{:.0%} not found", f.not_found_share),
+        (1.2 * (enough and f.asset_share < 0.05), "fetches no assets", 0.0),
+        (
+            1.0 * (f.headers_seen and f.requests >= 3 and f.accept_language_share < 0.5),
+            "no Accept-Language",
+            0.0,
+        ),
+    ]
     found.sort(key=lambda item: -item[0])
-    return [text for _, text in found[:5]]
+    return [text.format(value) for strength, text, value in found[:5] if strength > 0]
 
 
 class BotModule(Module[BotFeatures, BotDecision, BotOutcome]):
@@ -162,6 +166,7 @@ class BotModule(Module[BotFeatures, BotDecision, BotOutcome]):
 
     def __init__(self, settings: BotSettings | None = None) -> None:
         self._settings = settings
+        self._thresholds: Thresholds | None = None
 
     @property
     def config(self) -> BotSettings:
@@ -175,7 +180,9 @@ class BotModule(Module[BotFeatures, BotDecision, BotOutcome]):
         return self._settings
 
     def action(self, p_bot: float) -> Action:
-        return Thresholds.from_settings(self.config).action(p_bot)
+        if self._thresholds is None:
+            self._thresholds = Thresholds.from_settings(self.config)
+        return self._thresholds.action(p_bot)
 
     def fallback(self, f: BotFeatures) -> BotDecision:
         s = self.config

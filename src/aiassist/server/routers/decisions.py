@@ -34,6 +34,12 @@ _JSON = "application/json"
 class _DecideBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
+    record: bool = Field(
+        True,
+        description="False: the decisions are not stored. A point that decides on every "
+        "request stores only those it will report an outcome for.",
+    )
+
     @model_validator(mode="after")
     def _one_of(self) -> Self:
         if (getattr(self, "features", None) is None) == (getattr(self, "batch", None) is None):
@@ -97,10 +103,11 @@ def module_router(module: AnyModule) -> APIRouter:
         _: Principal = Depends(require("decide")),
     ) -> Response:
         decider = request.app.state.aiassist.decider
+        record = body.record  # type: ignore[attr-defined]
         if body.features is not None:  # type: ignore[attr-defined]
-            decision = decider.decide(module.name, body.features)  # type: ignore[attr-defined]
+            decision = decider.decide(module.name, body.features, record=record)  # type: ignore[attr-defined]
             return Response(decision.model_dump_json(), media_type=_JSON)
-        decisions = decider.decide_many(module.name, body.batch)  # type: ignore[attr-defined]
+        decisions = decider.decide_many(module.name, body.batch, record=record)  # type: ignore[attr-defined]
         return Response(b'{"decisions":' + many.dump_json(decisions) + b"}", media_type=_JSON)
 
     outcome_examples = (
