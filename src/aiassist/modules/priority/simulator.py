@@ -32,6 +32,12 @@ Arrivals are Poisson, durations, deadlines and weights drawn as above, no weathe
 ordering that always prefers deliveries and never ages (static levels, EDF: reports have
 no deadline) starts no report until the flood is over.
 
+A third shape, `cluster`, is a batch cluster's: days of traffic, four classes whose
+importance is constant within each (the static scheme's levels know them exactly), service
+times from a second to a day (log-normal, median 2 min, clipped), estimates off by a
+log-normal factor, and load that alternates between busy stretches above the pool's
+capacity and quieter ones, each lasting hours, so that waits run to hours.
+
 Classes, defined by the truth, not by any policy's label: **high** = business weight
 >= `HIGH_WEIGHT` (about 10% of tasks, half of them of the level-9 type, the rest spread over
 level-6 types), **low** = business weight < `LOW_WEIGHT` (about 24%, mostly report exports
@@ -61,6 +67,7 @@ from aiassist.modules.priority import PriorityDecision, PriorityFeatures, Scorin
 from aiassist.modules.priority import module as priority_module
 
 __all__ = [
+    "CLUSTER_CLASSES",
     "EDF",
     "FIFO",
     "HIGH_WEIGHT",
@@ -77,6 +84,7 @@ __all__ = [
     "StaticLevels",
     "TaskType",
     "Traffic",
+    "cluster",
     "features_at",
     "flood",
     "generate",
@@ -286,6 +294,66 @@ def flood(
         level=np.array([t.level for t in types]),
         sensitive=np.zeros(len(order), dtype=bool),
         base_anomaly=np.ones(len(order)),
+    )
+
+
+#: `cluster`'s classes: business weight, static level, share, SLA in hours (None: none).
+CLUSTER_CLASSES = ((5.0, 9, 0.1, 2.0), (2.0, 6, 0.3, 6.0), (1.0, 3, 0.4, 24.0), (0.3, 0, 0.2, None))
+_CLUSTER_MEDIAN_S, _CLUSTER_SIGMA, _CLUSTER_SPAN_S = 120.0, 2.0, (1.0, 86_400.0)
+_CLUSTER_STRETCH_S = 6 * 3600.0  # mean length of a busy or a quiet stretch
+_CLUSTER_SWING = 0.15  # busy stretches offer load x (1 + swing), quiet ones x (1 - swing)
+
+
+def _clipped_lognormal_mean(median: float, sigma: float, low: float, high: float) -> float:
+    """E[min(max(X, low), high)] for X log-normal with that median and sigma."""
+    mu = math.log(median)
+
+    def cdf(x: float) -> float:
+        return 0.5 * (1.0 + math.erf(x / math.sqrt(2.0)))
+
+    a, b = (math.log(low) - mu) / sigma, (math.log(high) - mu) / sigma
+    inside = math.exp(mu + sigma * sigma / 2) * (cdf(b - sigma) - cdf(a - sigma))
+    return inside + low * cdf(a) + high * (1.0 - cdf(b))
+
+
+def cluster(
+    seed: int,
+    *,
+    workers: int = 16,
+    days: float = 3.0,
+    load: float = 0.9,
+    estimate_sigma: float = 1.0,
+) -> Traffic:
+    """Draw a batch cluster's traffic (see the module docstring) at mean offered `load`."""
+    rng = np.random.default_rng(seed)
+    low, high = _CLUSTER_SPAN_S
+    work = _clipped_lognormal_mean(_CLUSTER_MEDIAN_S, _CLUSTER_SIGMA, low, high)
+    rate, span = load * workers / work, days * 86_400.0
+    arrivals: list[float] = []
+    t, busy = 0.0, bool(rng.random() < 0.5)
+    while t < span:  # Poisson within a stretch, at the stretch's rate
+        end = min(t + rng.exponential(_CLUSTER_STRETCH_S), span)
+        stretch_rate = rate * (1.0 + (_CLUSTER_SWING if busy else -_CLUSTER_SWING))
+        while (t := t + rng.exponential(1.0 / stretch_rate)) < end:
+            arrivals.append(t)
+        t, busy = end, not busy
+    n = len(arrivals)
+    kind = rng.choice(len(CLUSTER_CLASSES), n, p=[c[2] for c in CLUSTER_CLASSES])
+    true = np.clip(rng.lognormal(math.log(_CLUSTER_MEDIAN_S), _CLUSTER_SIGMA, n), low, high)
+    est = np.clip(true * rng.lognormal(0.0, estimate_sigma, n), low, high)
+    sla_h = np.array([math.nan if c[3] is None else c[3] for c in CLUSTER_CLASSES])[kind]
+    arrival = np.asarray(arrivals)
+    return Traffic(
+        workers=workers,
+        arrival=arrival,
+        task_type=[f"level{CLUSTER_CLASSES[k][1]}" for k in kind],
+        est=est,
+        true_base=true,
+        deadline=arrival + sla_h * 3600.0 * rng.uniform(*_SLA_SPREAD, n),
+        weight=np.array([c[0] for c in CLUSTER_CLASSES])[kind],
+        level=np.array([c[1] for c in CLUSTER_CLASSES])[kind],
+        sensitive=np.zeros(n, dtype=bool),
+        base_anomaly=np.ones(n),
     )
 
 
