@@ -143,6 +143,27 @@ def test_the_rescue_yields_to_a_task_far_more_important_than_the_one_it_saves() 
     assert module.scoring.rescue_gap_s == PrioritySettings().rescue_gap_s == 1500
 
 
+def test_head_starts_grow_with_the_waits_and_aged_work_keeps_a_share() -> None:
+    fixed, scaled = (TaskQueue[str](rescue_s=0, bound_s=1000, wait_scale=w) for w in (0, 8))
+    for queue in (fixed, scaled):
+        for i in range(64):  # a backlog: starts that waited 2000 s, twice the bound
+            queue.push(f"backlog-{i}", 0.0, boost_s=0, latest_start_s=None)
+        assert len({queue.pop(2000.0) for _ in range(64)}) == 64
+        queue.push("routine", 3000.0, boost_s=0, latest_start_s=None)
+        for i in range(8):
+            queue.push(f"important-{i}", 3500.0, boost_s=400, latest_start_s=None)
+    assert fixed.scale == 1 and scaled.scale == 8 * 2000 / 1000
+    # In fixed seconds the routine task, 500 s older, beats a head start of 400 s.
+    assert fixed.pop(3600.0) == "routine"
+    # Scaled to the waits the head start is 6400 s: the important tasks go first ...
+    assert [scaled.pop(3600.0) for _ in range(3)] == [f"important-{i}" for i in range(3)]
+    # ... until the routine task has waited out the bound: then one start in four is its.
+    started = [scaled.pop(4100.0) for _ in range(4)]
+    assert started == ["important-3", "important-4", "important-5", "routine"]
+    with pytest.raises(ValueError, match="wait_scale"):
+        TaskQueue[str](rescue_s=0, bound_s=1, wait_scale=-1)
+
+
 def test_the_rescue_cannot_starve_a_task_that_waited_out_the_bound() -> None:
     queue: TaskQueue[str] = TaskQueue(rescue_s=100, bound_s=50)
     queue.push("old", 0.0, boost_s=0, latest_start_s=None)

@@ -21,8 +21,10 @@ where a task is enqueued. How the priority is made (`Scoring`, set from the
 - **Rescue** (`TaskQueue`, used by the dispatcher and the simulator alike): a queued task
   whose latest start is less than `rescue_s` away starts before the priority order, the
   earliest deadline first, so a deadline that can still be met is not lost to a more
-  important task with time to spare; the rescue never overtakes a task that has waited
-  `max_boost_s`, so nothing starves.
+  important task with time to spare.
+- **Waits of hours** (`TaskQueue` too): head starts grow with the longest recent wait
+  (`wait_scale`), so aged work does not overtake everything that matters more; once the
+  oldest task has waited `max_boost_s`, one start in four is its, so nothing starves.
 - **Gap**: nor does the rescue overtake a task whose weight head start (`weight_boost_s`)
   is more than `rescue_gap_s` above the rescued task's: with the default 1500 s (one
   `weight_s`), a task whose 1 + weight is more than e (2.7) times the other's goes first. A

@@ -158,6 +158,7 @@ class PriorityDispatcher:
             rescue_s=self.rescue,
             bound_s=self.horizon,
             gap_s=priority.scoring.rescue_gap_s,
+            wait_scale=priority.scoring.wait_scale,
         )
         self._queue = _JobQueue(max_queue, self.order)
         self._outcomes: asyncio.Queue[tuple[str, PriorityOutcome]] = asyncio.Queue(max_queue)

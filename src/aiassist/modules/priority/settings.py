@@ -25,6 +25,7 @@ class Scoring:
     risk_s: float = 60.0
     rescue_s: float = 120.0
     rescue_gap_s: float = 1500.0
+    wait_scale: float = 8.0
 
     @classmethod
     def from_settings(cls, settings: PrioritySettings) -> Scoring:
@@ -78,4 +79,12 @@ class PrioritySettings(ModuleSettings):
         le=_MONTH,
         description="The rescue does not overtake a task whose weight head start is more "
         "than this (seconds) above the rescued task's.",
+    )
+    wait_scale: float = Field(
+        Scoring.wait_scale,
+        ge=0,
+        le=1000,
+        description="Head starts grow to this many times the longest recent wait over the "
+        "aging bound, so that under waits of hours the order still follows priority; 0: "
+        "fixed seconds.",
     )

@@ -507,7 +507,10 @@ class _ModuleQueue:
         self._policy = policy
         scoring = policy.scoring
         self._queue: TaskQueue[int] = TaskQueue(
-            rescue_s=scoring.rescue_s, bound_s=scoring.max_boost_s, gap_s=scoring.rescue_gap_s
+            rescue_s=scoring.rescue_s,
+            bound_s=scoring.max_boost_s,
+            gap_s=scoring.rescue_gap_s,
+            wait_scale=scoring.wait_scale,
         )
 
     def __len__(self) -> int:
