@@ -167,6 +167,19 @@ def sessions(db_url: str) -> Iterator[sessionmaker[Session]]:
     engine.dispose()
 
 
+def daemon_settings(pg_url: str, tmp_path: Path) -> Settings:
+    """Small numbers for the model daemon's tests, so a cycle takes a second; PostgreSQL."""
+    return Settings(
+        data_dir=tmp_path,
+        database_url=pg_url,
+        record_flush_seconds=0.05,
+        model_poll_seconds=0.1,
+        retrain_min_outcomes=300,
+        min_train_rows=100,
+        holdout_fraction=0.25,
+    )
+
+
 @pytest.fixture
 def settings(db_url: str, tmp_path: Path) -> Settings:
     return Settings(data_dir=tmp_path, database_url=db_url, record_flush_seconds=0.05)

@@ -24,7 +24,7 @@ from aiassist.store.db import make_engine, make_sessionmaker
 from aiassist.store.models import DecisionRecord, OutcomeRecord
 from aiassist.training.daemon import ModelDaemon
 
-from .conftest import wait_for
+from .conftest import daemon_settings, wait_for
 
 NAME = module.name
 
@@ -71,15 +71,7 @@ def confirmed_by_the_site(settings: Settings, sessions: list[GeneratedSession], 
 
 @pytest.fixture
 def settings(pg_url: str, tmp_path: Path) -> Settings:
-    return Settings(
-        data_dir=tmp_path,
-        database_url=pg_url,
-        record_flush_seconds=0.05,
-        model_poll_seconds=0.1,
-        retrain_min_outcomes=300,
-        min_train_rows=100,
-        holdout_fraction=0.25,
-    )
+    return daemon_settings(pg_url, tmp_path)
 
 
 @pytest.fixture

@@ -30,25 +30,17 @@ from aiassist.store.db import make_engine, make_sessionmaker
 from aiassist.store.models import AuditEvent
 from aiassist.training.daemon import ModelDaemon
 
-from .conftest import LiveServer, Tokens, wait_for
+from .conftest import LiveServer, Tokens, daemon_settings, wait_for
 
 NAME = module.name
-MIN_OUTCOMES = 300
+MIN_OUTCOMES = 300  # conftest.daemon_settings's retrain_min_outcomes
 PROBE = {"signal": 0.8, "threshold": 0.0}  # acts in the simulator's world, not in a shifted one
 
 
 @pytest.fixture
 def settings(pg_url: str, tmp_path: Path) -> Settings:
-    """Small numbers, so a cycle takes a second; PostgreSQL only (overrides conftest's)."""
-    return Settings(
-        data_dir=tmp_path,
-        database_url=pg_url,
-        record_flush_seconds=0.05,
-        model_poll_seconds=0.1,
-        retrain_min_outcomes=MIN_OUTCOMES,
-        min_train_rows=100,
-        holdout_fraction=0.25,
-    )
+    """PostgreSQL only (overrides conftest's)."""
+    return daemon_settings(pg_url, tmp_path)
 
 
 @dataclass
