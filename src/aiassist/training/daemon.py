@@ -194,18 +194,14 @@ class ModelDaemon:
         self.metrics.quality.labels(name, "candidate").set(q_candidate)
         self.metrics.quality.labels(name, "baseline").set(q_baseline)
         # A stable model is replaced only by a better one; the fallback by one no worse.
-        if q_candidate < q_baseline or (stable is not None and q_candidate == q_baseline):
+        better = q_candidate > q_baseline if stable is not None else q_candidate >= q_baseline
+        on = f"{baseline}'s {q_baseline:.4f} on {len(holdout)} examples"
+        if not better:
+            verdict = "below" if q_candidate < q_baseline else "no better than"
             result.action = "rejected"
-            result.reason = (
-                f"held-out quality {q_candidate:.4f} is "
-                f"{'below' if q_candidate < q_baseline else 'no better than'} {baseline}'s "
-                f"{q_baseline:.4f} on {len(holdout)} examples"
-            )
+            result.reason = f"held-out quality {q_candidate:.4f} is {verdict} {on}"
             return self._reject(result)
-        result.reason = (
-            f"held-out quality {q_candidate:.4f} {'>' if stable else '>='} {baseline}'s "
-            f"{q_baseline:.4f} on {len(holdout)} examples"
-        )
+        result.reason = f"held-out quality {q_candidate:.4f} {'>' if stable else '>='} {on}"
         self.registry.set_tag(name, "stable", version, actor="daemon", reason=result.reason)
         self.audit.append(
             "model.promoted", f"{name}/{version}", actor="daemon", data=asdict(result)

@@ -53,15 +53,14 @@ class BotGuard:
 
     async def score(self, key: str, hit: Hit) -> Scored:
         session = self._fold(await self.store.load(key), hit)
-        features = session.features()
-        decision = await AIAssistService.instance().adecide(module, features, record=False)
+        service = AIAssistService.instance()
+        decision = await service.adecide(module, session.features(), record=False)
         return self._scored(key, session, decision, hit)
 
     def score_sync(self, key: str, hit: Hit) -> Scored:
         """`score` for a WSGI app (Django): the store's blocking door, a plain decide."""
         session = self._fold(self.store.get(key), hit)
-        features = session.features()
-        decision = AIAssistService.instance().decide(module, features, record=False)
+        decision = AIAssistService.instance().decide(module, session.features(), record=False)
         return self._scored(key, session, decision, hit)
 
     async def answered(self, scored: Scored, status: int) -> None:
