@@ -25,12 +25,14 @@ from aiassist.modules.priority import (
     order_key,
 )
 from aiassist.modules.priority.simulator import (
+    CLUSTER_CLASSES,
     EDF,
     FIFO,
     GeneratorSpec,
     LeastSlack,
     ModulePolicy,
     StaticLevels,
+    cluster,
     flood,
     generate,
     simulate,
@@ -162,6 +164,26 @@ def test_head_starts_grow_with_the_waits_and_aged_work_keeps_a_share() -> None:
     assert started == ["important-3", "important-4", "important-5", "routine"]
     with pytest.raises(ValueError, match="wait_scale"):
         TaskQueue[str](rescue_s=0, bound_s=1, wait_scale=-1)
+
+
+def test_cluster_traffic_has_the_load_and_the_classes_it_is_asked_for() -> None:
+    traffic = cluster(7, days=4.0, load=0.9)
+    again = cluster(7, days=4.0, load=0.9)
+    assert np.array_equal(traffic.arrival, again.arrival)  # seeded
+    span = 4 * 86_400.0
+    assert traffic.arrival.max() < span
+    offered = traffic.true_base.sum() / (traffic.workers * span)
+    assert offered == pytest.approx(0.9, rel=0.15)  # heavy tails: a few day-long tasks
+    assert traffic.true_base.min() >= 1 and traffic.true_base.max() <= 86_400
+    for weight, level, share, sla_h in CLUSTER_CLASSES:  # importance constant in a class
+        members = traffic.level == level
+        assert set(traffic.weight[members]) == {weight}
+        assert members.mean() == pytest.approx(share, abs=0.03)
+        slack = traffic.deadline[members] - traffic.arrival[members]
+        if sla_h is None:
+            assert np.isnan(slack).all()
+        else:
+            assert (slack >= 0.5 * sla_h * 3600).all() and (slack <= 1.5 * sla_h * 3600).all()
 
 
 def test_the_rescue_cannot_starve_a_task_that_waited_out_the_bound() -> None:
