@@ -188,16 +188,17 @@ def run_scenario(
     return out
 
 
+def per_seed(result: dict[str, Any], policy: str, key: str) -> np.ndarray:
+    """One figure of one policy in a scenario's result, seed by seed."""
+    return np.array([run[key] for run in result["policies"][policy]["per_seed"]])
+
+
 def cluster_goals(name: str, result: dict[str, Any]) -> list[dict[str, Any]]:
     """Issue 21's goals on one cluster scenario, seed by seed: the model's high-class mean
     wait 3x lower than static levels' or within 10% of it; deadline misses <= EDF's."""
-
-    def each(policy: str, key: str) -> np.ndarray:
-        return np.array([run[key] for run in result["policies"][policy]["per_seed"]])
-
-    model, static = each("model", "high_mean_wait_s"), each("static", "high_mean_wait_s")
+    model, static = (per_seed(result, p, "high_mean_wait_s") for p in ("model", "static"))
     ratio = model / np.maximum(static, 1e-9)
-    miss, edf_miss = each("model", "deadline_miss_pct"), each("edf", "deadline_miss_pct")
+    miss, edf_miss = (per_seed(result, p, "deadline_miss_pct") for p in ("model", "edf"))
     ok = (ratio <= 1.1) | (ratio <= 1 / 3)
     return [
         {
@@ -229,7 +230,7 @@ def goals(results: dict[str, Any], floods: Sequence[str]) -> list[dict[str, Any]
     seeds = main["seeds"]
 
     def each(scenario: str, name: str, key: str) -> np.ndarray:
-        return np.array([run[key] for run in results[scenario]["policies"][name]["per_seed"]])
+        return per_seed(results[scenario], name, key)
 
     ratio = each("main", "static", "high_mean_wait_s") / np.maximum(
         each("main", "model", "high_mean_wait_s"), 1e-9

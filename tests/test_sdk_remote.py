@@ -11,6 +11,7 @@ from collections.abc import Iterator
 import pytest
 import uvicorn
 from prometheus_client import CollectorRegistry
+from sqlalchemy import select
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -19,6 +20,7 @@ from starlette.routing import Route
 from aiassist import AIAssistService, ServiceUnavailable
 from aiassist.metrics import Metrics
 from aiassist.settings import Settings
+from aiassist.store.models import DecisionRecord
 
 from .conftest import LiveServer, ServiceProcess, Tokens, free_port, wait_healthy
 
@@ -61,6 +63,20 @@ def test_remote_decisions_come_from_the_service(live_server: LiveServer, tokens:
         == 3
     )  # the service has no model yet: its rule answered, not ours
     assert fallbacks(service, "unreachable") == 0
+
+
+async def test_a_decision_asked_not_to_be_recorded_is_not_stored(
+    live_server: LiveServer, tokens: Tokens
+) -> None:
+    service = remote(live_server.url, tokens.both)
+    kept = service.decide("reference", FEATURES, raise_errors=True)
+    skipped = service.decide("reference", FEATURES, raise_errors=True, record=False)
+    batch = await service.adecide_many("reference", [FEATURES] * 2, record=False)
+    live_server.state.recorder.flush()
+    ids = [kept.decision_id, skipped.decision_id, *(d.decision_id for d in batch)]
+    with live_server.state.db.connect() as conn:
+        stored = conn.scalars(select(DecisionRecord.id).where(DecisionRecord.id.in_(ids))).all()
+    assert stored == [kept.decision_id]
 
 
 async def test_async_remote_decisions(live_server: LiveServer, tokens: Tokens) -> None:

@@ -221,10 +221,8 @@ class AIAssistService:
         record: bool = True,
     ) -> list[Any]:  # list[D] for a module object, see the overloads
         name = _name(module)
-        if self._remote is None:
-            return self.decider.decide_many(
-                name, batch, record=record
-            )  # microseconds: no thread hop
+        if self._remote is None:  # microseconds: no thread hop
+            return self.decider.decide_many(name, batch, record=record)
         mod, items = self._validated(name, batch)
         try:
             decisions = await self._remote.adecide_many(mod, items, record=record)
