@@ -10,7 +10,7 @@ $(BIN)/python:
 	$(BIN)/pip install --quiet --upgrade pip
 
 install-run: $(BIN)/python
-	$(BIN)/pip install --quiet -e '.[server,agent,train]'
+	$(BIN)/pip install --quiet -e '.[server,agent,train,sql]'
 
 install-test: $(BIN)/python
 	$(BIN)/pip install --quiet -e '.[all,dev,bench]'

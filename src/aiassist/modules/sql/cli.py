@@ -1,0 +1,153 @@
+"""`aiassist sql analyze`: slow queries and index advice for a PostgreSQL database."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, cast
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from aiassist.modules.sql.findings import PATTERNS, Analysis
+
+__all__ = ["app"]
+
+app = typer.Typer(help="PostgreSQL slow queries and indexes.", no_args_is_help=True)
+console = Console()
+err = Console(stderr=True)
+
+
+@app.command()
+def analyze(
+    dsn: Annotated[
+        str | None,
+        typer.Option(
+            help="PostgreSQL URL to read (a replica; read-only rights are enough).",
+            envvar="AIASSIST_SQL_DSN",
+            show_envvar=True,
+        ),
+    ] = None,
+    log: Annotated[
+        Path | None, typer.Option(help="A server log with log_min_duration_statement lines.")
+    ] = None,
+    queries: Annotated[
+        Path | None, typer.Option(help="A file of SQL statements separated by semicolons.")
+    ] = None,
+    report: Annotated[
+        Path | None, typer.Option(help="Write a report: .html (one file) or .md (+ .svg).")
+    ] = None,
+    top_groups: Annotated[
+        int | None, typer.Option(min=1, max=10_000, help="Query groups to explain.")
+    ] = None,
+    min_cost_factor: Annotated[
+        float | None, typer.Option(min=1.1, max=1000, help="Advise when the cost falls this much.")
+    ] = None,
+    explain_analyze: Annotated[
+        bool | None,
+        typer.Option("--analyze/--no-analyze", help="EXPLAIN ANALYZE (runs the queries)."),
+    ] = None,
+) -> None:
+    """Group the statements, explain the costly ones, name index-defeating patterns and
+    advise indexes proven with HypoPG. Without --log or --queries: pg_stat_statements."""
+    from prometheus_client import CollectorRegistry
+    from pydantic import ValidationError
+    from rich.progress import Progress
+
+    from aiassist.decider import Decider
+    from aiassist.metrics import Metrics
+    from aiassist.modules.sql import IndexDecision, IndexFeatures, module
+    from aiassist.modules.sql.analysis import analyze as run_analysis
+    from aiassist.modules.sql.analysis import connect
+    from aiassist.modules.sql.report import write_report
+    from aiassist.modules.sql.sources import (
+        SourceError,
+        from_log,
+        from_pg_stat_statements,
+        from_queries,
+    )
+    from aiassist.registry.serving import ModelWatcher
+    from aiassist.settings import SettingsError, load_settings
+
+    if log is not None and queries is not None:
+        err.print("[red]give --log or --queries, not both[/red]")
+        raise typer.Exit(2)
+    try:
+        settings = load_settings()
+        overrides = {
+            k: v
+            for k, v in {
+                "top_groups": top_groups,
+                "min_cost_factor": min_cost_factor,
+                "allow_analyze": explain_analyze,
+            }.items()
+            if v is not None
+        }
+        config = module.config.model_copy(update=overrides)
+    except (ValidationError, SettingsError) as exc:
+        err.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
+    url = dsn or (config.dsn.get_secret_value() if config.dsn else None)
+    if not url:
+        err.print("[red]no database: pass --dsn or set AIASSIST_SQL_DSN[/red]")
+        raise typer.Exit(2)
+    decider = Decider([module], metrics=Metrics(CollectorRegistry()))
+    ModelWatcher.for_settings(settings, decider).sync()
+
+    def judge(features: IndexFeatures) -> IndexDecision:
+        return cast(IndexDecision, decider.decide(module.name, features, record=False))
+
+    try:
+        if log is not None:
+            with log.open(encoding="utf-8", errors="replace") as f:
+                statements, source = from_log(f), str(log)
+        elif queries is not None:
+            statements, source = from_queries(queries.read_text(encoding="utf-8")), str(queries)
+        else:
+            statements, source = [], "pg_stat_statements"
+        with connect(url, config) as conn:
+            if log is None and queries is None:
+                statements = from_pg_stat_statements(conn)
+            with Progress(console=err, transient=True) as progress:
+                task = progress.add_task("explaining", total=None)
+                result = run_analysis(
+                    conn, statements, settings=config, source=source, judge=judge,
+                    progress=lambda done, total: progress.update(task, completed=done, total=total),
+                )  # fmt: skip
+    except OSError as exc:
+        err.print(f"[red]cannot read {exc.filename}: {exc.strerror}[/red]")
+        raise typer.Exit(2) from None
+    except SourceError as exc:
+        err.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
+    _print(result)
+    if report is not None:
+        written = write_report(result, report)
+        console.print("report: " + ", ".join(str(p) for p in written))
+
+
+def _print(result: Analysis) -> None:
+    console.print(
+        f"{result.database}: {result.statements:,} statements, {result.groups:,} groups, "
+        f"{result.explained:,} explained in {result.elapsed_s:.1f} s"
+        + ("" if result.hypopg else " [yellow](HypoPG not installed: indexes not costed)[/yellow]")
+    )
+    groups = Table("#", "time", "calls", "mean ms", "reads whole", "query", title="Query groups")
+    for i, g in enumerate(result.query_groups[:15], 1):
+        scans = ", ".join(g.seq_scans) or (g.error or "")
+        groups.add_row(
+            str(i), f"{g.time_share:.1%}", f"{g.calls:,}", f"{g.mean_ms:,.2f}", scans,
+            " ".join(g.query.split())[:80],
+        )  # fmt: skip
+    console.print(groups)
+    findings = Table("pattern", "table", "columns", "what", title="Findings")
+    for f in result.findings:
+        findings.add_row(PATTERNS[f.pattern], f.table, ", ".join(f.columns), f.message)
+    console.print(findings)
+    advice = Table("index", "cost before", "after", "factor", "advised", title="Indexes")
+    for r in result.recommendations:
+        advice.add_row(
+            r.statement, f"{r.cost_before:,.0f}", f"{r.cost_after:,.0f}", f"{r.factor:,.1f}x",
+            "yes" if r.advised else f"no: {r.explanation}",
+        )  # fmt: skip
+    console.print(advice)

@@ -1,0 +1,38 @@
+"""The sql module's settings (`AIASSIST_SQL_*`, or `[sql]` in the config file)."""
+
+from __future__ import annotations
+
+from pydantic import Field, SecretStr
+from pydantic_settings import SettingsConfigDict
+
+from aiassist.settings import ModuleSettings
+
+__all__ = ["SqlSettings"]
+
+
+class SqlSettings(ModuleSettings):
+    model_config = SettingsConfigDict(env_prefix="AIASSIST_SQL_")
+
+    dsn: SecretStr | None = Field(
+        None,
+        description="PostgreSQL URL the analyser reads (a replica, a read-only user is "
+        "enough); `POST /v1/sql/analyze` and the daemon's watch use it.",
+    )
+    min_cost_factor: float = Field(
+        2.0,
+        ge=1.1,
+        le=1000,
+        description="An index is advised only if, with it in place hypothetically, the "
+        "planner's cost of a query it serves falls by at least this factor.",
+    )
+    top_groups: int = Field(
+        200, ge=1, le=10_000, description="Query groups explained, most total time first."
+    )
+    statement_timeout_ms: int = Field(
+        5000, ge=100, le=600_000, description="Longest any one statement of the analyser runs."
+    )
+    allow_analyze: bool = Field(
+        False,
+        description="Run EXPLAIN ANALYZE (executes the queries; read-only transactions "
+        "only). Off: plain EXPLAIN, which runs nothing.",
+    )
