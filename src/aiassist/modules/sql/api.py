@@ -2,7 +2,7 @@
 
 The URL comes from the service's settings, never from the request, so a key can only have
 the configured replica analysed. The analysis runs in a worker thread, one at a time; its
-database libraries (the `sql` extra) are imported on first use, and their absence is a 503
+database libraries (the `sql` extra) are imported on first use, and their absence is a 409
 that says what to install.
 """
 
@@ -61,7 +61,7 @@ _EXAMPLES = {
 
 
 def run_analysis(body: AnalyzeRequest, decider: Decider) -> Analysis:
-    """The analysis itself (blocking); errors the caller can fix are 4xx, the rest 503."""
+    """The analysis itself (blocking); what the caller or operator can fix is a 4xx."""
     try:
         from aiassist.modules.sql.analysis import analyze, connect
         from aiassist.modules.sql.sources import (
@@ -72,14 +72,14 @@ def run_analysis(body: AnalyzeRequest, decider: Decider) -> Analysis:
         )
     except ImportError as exc:
         raise HTTPException(
-            status.HTTP_503_SERVICE_UNAVAILABLE,
+            status.HTTP_409_CONFLICT,
             f"the sql module needs its extra: pip install 'aiassist[sql]' ({exc.name} missing)",
         ) from None
     config = module.config
     dsn = config.dsn
     if dsn is None:
         raise HTTPException(
-            status.HTTP_503_SERVICE_UNAVAILABLE, "no database to analyse: set AIASSIST_SQL_DSN"
+            status.HTTP_409_CONFLICT, "no database to analyse: set AIASSIST_SQL_DSN"
         )
     overrides = {"top_groups": body.top_groups, "min_cost_factor": body.min_cost_factor}
     config = config.model_copy(update={k: v for k, v in overrides.items() if v is not None})
@@ -88,21 +88,21 @@ def run_analysis(body: AnalyzeRequest, decider: Decider) -> Analysis:
         return cast(IndexDecision, decider.decide(module.name, features))
 
     try:
-        with connect(dsn.get_secret_value(), config) as conn:
+        conn = connect(dsn.get_secret_value(), config)
+    except SourceError as exc:
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, str(exc)) from None
+    with conn:
+        try:
             if body.source == "pg_stat_statements":
                 statements = from_pg_stat_statements(conn)
             elif body.source == "queries":
                 statements = from_queries(body.text or "")
             else:
                 statements = from_log((body.text or "").splitlines())
-            return analyze(conn, statements, settings=config, source=body.source, judge=judge)
-    except SourceError as exc:
-        code = (
-            status.HTTP_422_UNPROCESSABLE_ENTITY
-            if body.text
-            else status.HTTP_503_SERVICE_UNAVAILABLE
-        )
-        raise HTTPException(code, str(exc)) from None
+        except SourceError as exc:
+            code = status.HTTP_422_UNPROCESSABLE_ENTITY if body.text else status.HTTP_409_CONFLICT
+            raise HTTPException(code, str(exc)) from None
+        return analyze(conn, statements, settings=config, source=body.source, judge=judge)
 
 
 def sql_router() -> APIRouter:
@@ -119,8 +119,9 @@ def sql_router() -> APIRouter:
         response_model=Analysis,
         responses={
             **AUTH_RESPONSES,
+            409: {"description": "No database configured, or no pg_stat_statements in it"},
             422: {"description": "The queries or the log cannot be read"},
-            503: {"description": "No database configured, or it cannot be reached"},
+            503: {"description": "The database cannot be reached"},
         },
     )
     async def analyze_route(

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from aiassist.modules.sql.catalog import Catalog, Table
+from aiassist.modules.sql.catalog import Catalog, Index, Table
 from aiassist.modules.sql.findings import Finding
 from aiassist.modules.sql.groups import QueryGroup
 from aiassist.modules.sql.plan import Plan, PlanNode
@@ -32,8 +32,8 @@ def statement_findings(
     tables = {t.qualified: t for t in shape.tables.values()}
     for predicate in shape.predicates:
         table = tables[predicate.column.table]
-        scan = _seq_scan(plan, table)
-        if scan is None or max(table.estimated_rows, table.live_rows) < MIN_ROWS:
+        scan = _seq_scan(plan, table) or _by_later_key(plan, table, predicate.column.name)
+        if scan is None or _rows(table) < MIN_ROWS:
             continue
         finding = _predicate_finding(predicate, table, scan)
         if finding is not None:
@@ -79,6 +79,8 @@ def statement_findings(
 
 def _predicate_finding(predicate: Predicate, table: Table, scan: PlanNode) -> Finding | None:
     column = predicate.column.name
+    if not scan.is_seq_scan:
+        return _composite(predicate, table, scan) if not predicate.wrapper else None
     indexes = table.indexes_leading_with(column)
     indexed = f"index {indexes[0].name} on ({', '.join(indexes[0].keys)})" if indexes else ""
     common = {"table": table.qualified, "columns": [column]}
@@ -137,20 +139,39 @@ def _predicate_finding(predicate: Predicate, table: Table, scan: PlanNode) -> Fi
                 **common,
             )
         return None
-    later = [i for i in table.indexes if column in i.keys[1:] and not i.partial]
-    if later:
-        index = later[0]
-        return Finding(
-            pattern="composite_index_order",
-            message=f"`{predicate.text}` filters on {column}, which is key "
-            f"{index.keys.index(column) + 1} of {index.name} ({', '.join(index.keys)}): a "
-            "b-tree serves a later key only with the ones before it",
-            evidence=[index.definition, scan.line()],
-            advice=f"an index that leads with {column}, or reorder {index.name} if "
-            f"{index.keys[0]} is always asked with it",
-            **common,
-        )
-    return None
+    return _composite(predicate, table, scan)
+
+
+def _composite(predicate: Predicate, table: Table, scan: PlanNode) -> Finding | None:
+    column = predicate.column.name
+    later = [
+        i for i in _later_key_indexes(table, column) if scan.is_seq_scan or i.name == scan.index
+    ]
+    if not later or table.indexes_leading_with(column):
+        return None
+    index = later[0]
+    return Finding(
+        pattern="composite_index_order",
+        table=table.qualified,
+        columns=[column],
+        message=f"`{predicate.text}` filters on {column}, which is key "
+        f"{index.keys.index(column) + 1} of {index.name} ({', '.join(index.keys)}): a "
+        "b-tree serves a later key only with the ones before it, so "
+        + ("the table is read whole" if scan.is_seq_scan else "the whole index is read"),
+        evidence=[index.definition, scan.line()],
+        advice=f"an index that leads with {column}, or reorder {index.name} if "
+        f"{index.keys[0]} is always asked with it",
+    )
+
+
+def _later_key_indexes(table: Table, column: str) -> list[Index]:
+    return [i for i in table.indexes if column in i.keys[1:] and not i.partial]
+
+
+def _by_later_key(plan: Plan, table: Table, column: str) -> PlanNode | None:
+    """A scan of an index that holds `column` only as a later key (a full index scan)."""
+    names = {i.name for i in _later_key_indexes(table, column)}
+    return next((n for n in plan.nodes if n.index in names), None)
 
 
 def _sort_finding(
@@ -164,7 +185,7 @@ def _sort_finding(
         return
     table = tables[names.pop()]
     scan = _seq_scan(plan, table)
-    if scan is None or max(table.estimated_rows, table.live_rows) < MIN_ROWS:
+    if scan is None or _rows(table) < MIN_ROWS:
         return
     columns = [c.name for c in shape.sort]
     yield Finding(
@@ -182,10 +203,11 @@ def _sort_finding(
 
 def _stale(table: Table) -> Finding | None:
     rows = max(table.estimated_rows, 0.0)
-    if max(rows, table.live_rows) < MIN_ROWS:
+    if _rows(table) < MIN_ROWS:
         return None
     changed = table.modified_since_analyze
-    drift = abs(table.live_rows - rows) / max(table.live_rows, rows, 1.0)
+    # a statistics reset zeroes n_live_tup: then only the changes since count
+    drift = abs(table.live_rows - rows) / max(table.live_rows, rows) if table.live_rows else 0.0
     if changed < STALE_SHARE * max(rows, table.live_rows) and drift < STALE_SHARE:
         return None
     return Finding(
@@ -210,7 +232,7 @@ def catalog_findings(catalog: Catalog) -> Iterator[Finding]:
         if stale is not None:
             yield stale
         for index in table.indexes:
-            if index.scans == 0 and not (index.unique or index.constraint) and table.live_rows:
+            if index.scans == 0 and not (index.unique or index.constraint) and _rows(table):
                 yield Finding(
                     pattern="unused_index",
                     table=table.qualified,
@@ -255,3 +277,8 @@ def _seq_scan(plan: Plan, table: Table) -> PlanNode | None:
 def _has_expression(table: Table, predicate: Predicate) -> bool:
     wanted = f"({predicate.expression})"
     return any(key in (predicate.expression, wanted) for i in table.indexes for key in i.keys[:1])
+
+
+def _rows(table: Table) -> float:
+    """Rows as best known: a statistics reset zeroes n_live_tup, ANALYZE sets reltuples."""
+    return max(table.estimated_rows, table.live_rows)
