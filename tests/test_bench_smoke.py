@@ -125,6 +125,15 @@ def check_bot(result: dict[str, Any]) -> None:
     _latency(result["middleware"]["memory"], "us")
 
 
+def check_sql(result: dict[str, Any]) -> None:
+    assert len(result["patterns"]) == 12 and set(result["named"]) <= set(result["patterns"])
+    for side in ("analyser", "plain_rule"):
+        assert set(result[side]) == {"advised", "recovered", "harmful"}
+        assert len(result[side]["recovered"]) <= len(result["dropped"])
+    assert all(f["evidence"] for f in result["findings"])
+    assert result["distinct"]["statements"] > 0 and result["distinct"]["groups"] > 0
+
+
 CHECKS = {
     "latency": check_latency,
     "swap": check_swap,
@@ -134,9 +143,10 @@ CHECKS = {
     "audit": check_audit,
     "faults": check_faults,
     "bot": check_bot,
+    "sql": check_sql,
 }
 #: what these measure on PostgreSQL too (a complete results file has those rows)
-ON_POSTGRES = {"agent_overhead", "audit"}
+ON_POSTGRES = {"agent_overhead", "audit", "sql"}
 
 
 @pytest.mark.parametrize(

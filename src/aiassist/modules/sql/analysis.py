@@ -120,16 +120,21 @@ def analyze(
 
 
 def _merged(findings: list[Finding]) -> list[Finding]:
-    """One finding per pattern, table and columns, with the groups of all its sightings."""
+    """One finding per pattern, table and columns seen in statements, with the groups of all
+    its sightings; the catalog's findings are one per index or table already."""
     merged: dict[tuple[str, str, tuple[str, ...]], Finding] = {}
+    out: list[Finding] = []
     for finding in findings:
         key = (finding.pattern, finding.table, tuple(finding.columns))
-        if key in merged:
+        if not finding.groups:
+            out.append(finding)
+        elif key in merged:
             kept = merged[key]
             kept.groups.extend(g for g in finding.groups if g not in kept.groups)
         else:
             merged[key] = finding
-    return list(merged.values())
+            out.append(finding)
+    return out
 
 
 def _scanned_by(findings: list[Finding], explained: list[Explained]) -> None:

@@ -15,8 +15,8 @@ class SqlSettings(ModuleSettings):
 
     dsn: SecretStr | None = Field(
         None,
-        description="PostgreSQL URL the analyser reads (a replica, a read-only user is "
-        "enough); `POST /v1/sql/analyze` and the daemon's watch use it.",
+        description="PostgreSQL URL the analyser reads (a replica; a read-only user is "
+        "enough), for `POST /v1/sql/analyze` and as `aiassist sql analyze`'s default.",
     )
     min_cost_factor: float = Field(
         2.0,
