@@ -270,3 +270,25 @@ def test_the_service_analyses_the_configured_database(shop: str, tmp_path: Path)
         assert bad.status_code == 422 and "do not parse" in bad.json()["detail"]
         missing = httpx.post(url, json={}, headers=service.headers("admin"), timeout=30)
         assert missing.status_code == 409 and "pg_stat_statements" in missing.json()["detail"]
+
+
+def test_a_trained_model_judges_the_advice(shop: str, tmp_path: Path) -> None:
+    """The bootstrap model (its stated assumption: fixed costs cap the gain of fast
+    queries) is trained, promoted, and then answers in place of the rule."""
+    env = {"AIASSIST_DATA_DIR": str(tmp_path / "data"), "AIASSIST_SQL_DSN": shop}
+    aiassist = Path(sys.executable).with_name("aiassist")
+    trained = subprocess.run(
+        [str(aiassist), "train", "sql", "--synthetic", "--rows", "3000"],
+        env={k: v for k, v in os.environ.items() if not k.startswith("AIASSIST_")} | env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert trained.returncode == 0 and "promoted sql v0001" in trained.stdout, trained.stderr
+    queries, report = tmp_path / "queries.sql", tmp_path / "report.html"
+    queries.write_text(QUERIES)
+    done = _cli("--queries", str(queries), "--report", str(report), env=env)
+    assert done.returncode == 0, done.stderr
+    page = report.read_text()
+    assert "model: " in page and "rule: " not in page

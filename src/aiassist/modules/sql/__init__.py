@@ -74,6 +74,7 @@ class SqlModule(Module[IndexFeatures, IndexDecision, IndexOutcome]):
         "size_mb": 26.0,
     }
     outcome_example = {"latency_before_ms": 48.0, "latency_after_ms": 0.4}
+    trainer = "aiassist.modules.sql.training:trainer"
     settings = SqlSettings
     router = "aiassist.modules.sql.api:sql_router"
     cli = "aiassist.modules.sql.cli:app"
