@@ -35,7 +35,8 @@ def statement_findings(
         scan = _seq_scan(plan, table) or _by_later_key(plan, table, predicate.column.name)
         if scan is None or _rows(table) < MIN_ROWS:
             continue
-        finding = _predicate_finding(predicate, table, scan)
+        asked = {p.column.name for p in shape.predicates if p.column.table == table.qualified}
+        finding = _predicate_finding(predicate, table, scan, asked)
         if finding is not None:
             finding.groups.append(group.fingerprint)
             yield finding
@@ -77,10 +78,13 @@ def statement_findings(
     yield from _sort_finding(group, shape, plan, tables)
 
 
-def _predicate_finding(predicate: Predicate, table: Table, scan: PlanNode) -> Finding | None:
+def _predicate_finding(
+    predicate: Predicate, table: Table, scan: PlanNode, asked: set[str]
+) -> Finding | None:
+    """`asked`: the columns of this table the statement filters on."""
     column = predicate.column.name
     if not scan.is_seq_scan:
-        return _composite(predicate, table, scan) if not predicate.wrapper else None
+        return _composite(predicate, table, scan, asked) if not predicate.wrapper else None
     indexes = table.indexes_leading_with(column)
     indexed = f"index {indexes[0].name} on ({', '.join(indexes[0].keys)})" if indexes else ""
     common = {"table": table.qualified, "columns": [column]}
@@ -139,14 +143,18 @@ def _predicate_finding(predicate: Predicate, table: Table, scan: PlanNode) -> Fi
                 **common,
             )
         return None
-    return _composite(predicate, table, scan)
+    return _composite(predicate, table, scan, asked)
 
 
-def _composite(predicate: Predicate, table: Table, scan: PlanNode) -> Finding | None:
+def _composite(
+    predicate: Predicate, table: Table, scan: PlanNode, asked: set[str]
+) -> Finding | None:
     column = predicate.column.name
     later = [
-        i for i in _later_key_indexes(table, column) if scan.is_seq_scan or i.name == scan.index
-    ]
+        i for i in _later_key_indexes(table, column)
+        if (scan.is_seq_scan or i.name == scan.index)
+        and not set(i.keys[: i.keys.index(column)]) <= asked  # the keys before it: not asked
+    ]  # fmt: skip
     if not later or table.indexes_leading_with(column):
         return None
     index = later[0]
