@@ -162,7 +162,7 @@ def main() -> None:
             "budget": args.budget,
             "ttl_s": 1800,
             "horizon_s": HORIZON_S,
-        },  # fmt: skip
+        },
         results=results,
         goals=goals,
     )
