@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 import socket
 import subprocess
 import sys
@@ -362,3 +363,30 @@ def fuzz_schema(document: dict[str, Any]) -> Any:
     loaded = schemathesis.openapi.from_dict(document)
     loaded.config.generation.update(modes=[GenerationMode.POSITIVE, GenerationMode.NEGATIVE])
     return loaded
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """A Redis server of the test's own, so the test can take it away or configure it."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.skip("redis-server is not installed")
+    port = free_port()
+    proc = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--dir", str(tmp_path)],
+        stdout=subprocess.DEVNULL,
+    )
+    url = f"redis://127.0.0.1:{port}/0"
+
+    def up() -> bool:
+        try:
+            import redis
+
+            return bool(redis.Redis.from_url(url).ping())
+        except Exception:
+            return False
+
+    wait_for(up, 10, "redis-server to start")
+    yield url, proc
+    proc.kill()
+    proc.wait(10)

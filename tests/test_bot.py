@@ -6,11 +6,10 @@ from __future__ import annotations
 import math
 import os
 import secrets
-import shutil
 import subprocess
 import sys
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -39,7 +38,7 @@ from aiassist.settings import Settings
 from aiassist.store.db import make_engine, make_sessionmaker
 from aiassist.store.models import DecisionRecord, OutcomeRecord
 
-from .conftest import free_port, serving, wait_for
+from .conftest import serving
 from .test_docs import python_blocks
 
 BROWSER = (
@@ -195,33 +194,6 @@ def _app(guard: BotGuard, tmp_path: Path, **options: Any) -> Starlette:
     app = Starlette(routes=[Route("/{path:path}", whoami)], lifespan=lifespan)
     app.add_middleware(BotMiddleware, guard=guard, **options)
     return app
-
-
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    """A Redis server of the test's own, so the test can take it away."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        pytest.skip("redis-server is not installed")
-    port = free_port()
-    proc = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--dir", str(tmp_path)],
-        stdout=subprocess.DEVNULL,
-    )
-    url = f"redis://127.0.0.1:{port}/0"
-
-    def up() -> bool:
-        try:
-            import redis
-
-            return bool(redis.Redis.from_url(url).ping())
-        except Exception:
-            return False
-
-    wait_for(up, 10, "redis-server to start")
-    yield url, proc
-    proc.kill()
-    proc.wait(10)
 
 
 @pytest.mark.redis

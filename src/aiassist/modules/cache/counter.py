@@ -15,6 +15,7 @@ import re
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 import redis
@@ -23,6 +24,7 @@ __all__ = ["CountingRedis", "key_family"]
 
 _IDS = re.compile(r"(?<![A-Za-z])(?:\d+|[0-9a-f]{8,}(?:-[0-9a-f]{4,})*)(?![A-Za-z])")
 RETENTION_S = 8 * 86_400  # a week ago's horizon, and a day of slack
+_OPTIONS = ("bucket_s", "sample_rate", "prefix", "flush_s", "clock")
 
 
 def key_family(key: str) -> str:
@@ -38,9 +40,12 @@ class CountingRedis(redis.Redis):
         sample_rate: float = 1.0,
         prefix: str = "aiassist:cache:",
         flush_s: float = 5.0,
+        clock: Callable[[], float] = time.time,
         **kwargs: Any,
     ) -> None:
+        """`clock`: the time reads are counted at (a replay of old traffic passes its own)."""
         super().__init__(*args, **kwargs)
+        self.clock = clock
         self.bucket_s, self.sample_rate, self.prefix, self.flush_s = (
             bucket_s, sample_rate, prefix, flush_s,
         )  # fmt: skip
@@ -49,6 +54,12 @@ class CountingRedis(redis.Redis):
         self._sizes: dict[str, int] = {}
         self._lock = threading.Lock()
         self._flushed = time.monotonic()
+
+    @classmethod
+    def from_url(cls, url: str, **kwargs: Any) -> CountingRedis:
+        """As `redis.Redis.from_url`, taking the counting options too."""
+        counting = {k: kwargs.pop(k) for k in _OPTIONS if k in kwargs}
+        return cls(connection_pool=redis.ConnectionPool.from_url(url, **kwargs), **counting)
 
     def execute_command(self, *args: Any, **options: Any) -> Any:
         result = super().execute_command(*args, **options)  # type: ignore[no-untyped-call]
@@ -60,7 +71,7 @@ class CountingRedis(redis.Redis):
         return result
 
     def _count(self, keys: list[Any], values: list[Any]) -> None:
-        bucket = int(time.time()) // self.bucket_s
+        bucket = int(self.clock()) // self.bucket_s
         weight = 1.0 / self.sample_rate
         with self._lock:
             for key, value in zip(keys, values, strict=False):

@@ -3,8 +3,9 @@ ones likely hot by calling the app's own loader, before they are asked for.
 
 It reads the counts `CountingRedis` wrote, decides for every key seen in the last day (and
 in the coming hours a week ago), and loads the hottest that are not cached, within the
-plan's budget of keys and bytes and within the memory Redis has free under `maxmemory`:
-loading never makes Redis evict, so it never displaces a key hotter than the one it loads.
+plan's budget of keys and bytes and within the memory Redis has free under `maxmemory`
+(less `memory_margin` of it, for the allocator's overhead and the app's own writes): loading
+does not make Redis evict, so it never displaces a key hotter than the one it loads.
 Loads are paced (`loads_per_s`), written with `SET ... EX horizon NX` (a value the app wrote
 meanwhile wins), and recorded as decisions; `settle` later records each loaded key's reads
 within its horizon as the outcome.
@@ -45,6 +46,7 @@ class Plan:
     skipped_cached: int = 0
     skipped_budget: int = 0
     missing: int = 0  # the loader had no value
+    room_bytes: int = 0  # the byte budget, or the memory free under maxmemory if less
 
 
 class Preloader:
@@ -109,7 +111,7 @@ class Preloader:
         )
         order = sorted(range(len(keys)), key=lambda i: -decisions[i].predicted_reads)
         sizes = self.client.hgetall(f"{s.key_prefix}sizes")
-        room = self._free_bytes(min(s.budget_bytes, 1 << 62))
+        room = out.room_bytes = self._free_bytes(s.budget_bytes)
         chosen: list[int] = []
         pipe = self.client.pipeline(transaction=False)
         for i in order[: s.budget_keys * 4]:
@@ -150,7 +152,8 @@ class Preloader:
         limit = int(memory.get("maxmemory", 0))
         if not limit:
             return budget
-        return max(min(budget, limit - int(memory.get("used_memory", 0))), 0)
+        usable = int(limit * (1 - self.settings.memory_margin))
+        return max(min(budget, usable - int(memory.get("used_memory", 0))), 0)
 
     def settle(self, now_s: float | None = None) -> int:
         """Record, for each loaded key whose horizon has ended, its reads within it as the

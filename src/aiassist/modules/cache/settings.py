@@ -32,6 +32,13 @@ class CacheSettings(ModuleSettings):
         le=1 << 40,
         description="Most bytes one plan preloads (values' sizes as counted).",
     )
+    memory_margin: float = Field(
+        0.1,
+        ge=0,
+        lt=1,
+        description="Share of Redis' maxmemory the preloader leaves free (it loads only "
+        "into the rest, so that loading never makes Redis evict).",
+    )
     loads_per_s: float = Field(
         50.0, gt=0, le=100_000, description="Pace of the preloader's calls to the app's loader."
     )
