@@ -134,6 +134,15 @@ def check_sql(result: dict[str, Any]) -> None:
     assert result["distinct"]["statements"] > 0 and result["distinct"]["groups"] > 0
 
 
+def check_cache(result: dict[str, Any]) -> None:
+    policies = {"lru", "last_window_top_k", "ewma_top_k", "model", "ceiling_true_rates"}
+    for by_trace in result["results"].values():
+        assert set(by_trace) == {"rhythms", "shifting", "events"}
+        for runs in by_trace.values():
+            assert set(runs) == policies and runs["lru"]["loads"] == 0
+            assert all(0 <= r["hit_rate"] <= 1 and r["reads"] > 0 for r in runs.values())
+
+
 CHECKS = {
     "latency": check_latency,
     "swap": check_swap,
@@ -144,6 +153,7 @@ CHECKS = {
     "faults": check_faults,
     "bot": check_bot,
     "sql": check_sql,
+    "cache": check_cache,
 }
 #: what these measure on PostgreSQL too (a complete results file has those rows)
 ON_POSTGRES = {"agent_overhead", "audit", "sql"}

@@ -169,3 +169,15 @@ def test_pinned_keys_beat_lru_alone_on_a_generated_trace() -> None:
     pinned = replay(trace, expected, start=start, capacity=60, budget=40)  # type: ignore[arg-type]
     assert alone.reads == pinned.reads > 0 and alone.loads == 0 < pinned.loads
     assert pinned.hit_rate > alone.hit_rate and 0 < pinned.preload_hit_rate <= 1
+
+
+def test_the_docs_example_runs(server: str, tmp_path: Path) -> None:
+    from .test_docs import python_blocks
+
+    [block] = [b for b in python_blocks("docs/modules.md") if "CountingRedis.from_url" in b]
+    AIAssistService.setup(data_dir=tmp_path)
+    try:
+        exec(block.replace("redis://127.0.0.1:6379/0", server), {})
+    finally:
+        AIAssistService.reset()
+    assert redis.Redis.from_url(server).exists("course:7:page")  # read once: loaded

@@ -68,10 +68,11 @@ class Preloader:
 
     def _counts(self, now_s: float) -> tuple[list[str], np.ndarray, int]:
         """Keys and their reads per bucket over the past week (only the buckets the features
-        read are fetched); the last column is the bucket before `now_s`."""
+        read are fetched); the last column is the bucket in progress at `now_s`, so the
+        horizon starts where it ends."""
         s = self.settings
         per_day = _DAY // s.bucket_s
-        now = int(now_s) // s.bucket_s
+        now = int(now_s) // s.bucket_s + 1
         horizon = s.horizon_s // s.bucket_s
         wanted = [
             *range(now - per_day, now),
@@ -102,7 +103,7 @@ class Preloader:
         flagged = set(self.events(now_s, now_s + s.horizon_s))
         rows = feature_rows(
             counts, column, bucket_s=s.bucket_s, horizon_s=s.horizon_s,
-            start_s=(int(now_s) // s.bucket_s - column) * s.bucket_s,
+            start_s=(int(now_s) // s.bucket_s + 1 - column) * s.bucket_s,
             events=[i for i, k in enumerate(keys) if k in flagged],
         )  # fmt: skip
         features = [CacheFeatures(**row) for row in rows]
