@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import redis
+from prometheus_client import REGISTRY
 
 from aiassist.modules.cache import CacheFeatures, CacheSettings, module
 from aiassist.modules.cache.counter import CountingRedis, key_family
@@ -123,7 +124,9 @@ def test_the_preloader_loads_what_is_likely_hot_within_its_budget(
         client.clock.at = now + 5  # type: ignore[attr-defined]
         client.mget(loaded[:3] * 4)
         client.flush()
-        assert preloader.settle(now + 7200) == 10 and not preloader.pending
+        settled = preloader.settle(now + 7200)
+        assert (settled.recorded, settled.read, preloader.pending) == (10, 3, [])
+        assert REGISTRY.get_sample_value("aiassist_cache_preload_hit_ratio") == 0.3
     finally:
         AIAssistService.reset()
 

@@ -20,14 +20,20 @@ from typing import Any, cast
 
 import numpy as np
 import redis
+from prometheus_client import Counter, Gauge
 
 from aiassist.modules.cache import CacheDecision, CacheFeatures, CacheSettings, module
 from aiassist.modules.cache.history import feature_rows
 
-__all__ = ["Loaded", "Plan", "Preloader"]
+__all__ = ["Loaded", "Plan", "Preloader", "Settled"]
 
 Loader = Callable[[str], "bytes | str | None"]
 _DAY = 86_400
+LOADS = Counter("aiassist_cache_loads", "Keys the cache preloader loaded.")
+PRELOAD_HIT_RATIO = Gauge(
+    "aiassist_cache_preload_hit_ratio",
+    "Share of the keys loaded by the plans settled last that were read within their horizon.",
+)
 
 
 @dataclass
@@ -36,6 +42,16 @@ class Loaded:
     predicted_reads: float
     decision_id: str
     until_s: float  # when its horizon ends
+
+
+@dataclass
+class Settled:
+    recorded: int  # loaded keys whose horizon ended, their outcomes recorded
+    read: int  # ... of which read within it
+
+    @property
+    def preload_hit_rate(self) -> float:
+        return self.read / self.recorded if self.recorded else 0.0
 
 
 @dataclass
@@ -144,6 +160,7 @@ class Preloader:
                 keys[i], decision.predicted_reads, decision.decision_id, now_s + s.horizon_s
             )
             out.loaded.append(loaded)
+            LOADS.inc()
             time.sleep(1.0 / s.loads_per_s)  # the pace: a rate, not a wait for an event
         self.pending.extend(out.loaded)
         return out
@@ -156,12 +173,13 @@ class Preloader:
         usable = int(limit * (1 - self.settings.memory_margin))
         return max(min(budget, usable - int(memory.get("used_memory", 0))), 0)
 
-    def settle(self, now_s: float | None = None) -> int:
+    def settle(self, now_s: float | None = None) -> Settled:
         """Record, for each loaded key whose horizon has ended, its reads within it as the
-        outcome (from the counters); returns how many were recorded."""
+        outcome (from the counters), and the share read as `aiassist_cache_preload_hit_ratio`."""
         s = self.settings
         now_s = time.time() if now_s is None else now_s
         done = [p for p in self.pending if p.until_s <= now_s]
+        read = 0
         self.pending = [p for p in self.pending if p.until_s > now_s]
         for loaded in done:
             first = int(loaded.until_s - s.horizon_s) // s.bucket_s
@@ -170,4 +188,8 @@ class Preloader:
                 pipe.hget(f"{s.key_prefix}reads:{bucket}", loaded.key)
             reads = sum(float(v) for v in pipe.execute() if v is not None)
             self.service.record_outcome(module, loaded.decision_id, {"reads": round(reads)})
-        return len(done)
+            read += reads > 0
+        settled = Settled(len(done), read)
+        if done:
+            PRELOAD_HIT_RATIO.set(settled.preload_hit_rate)
+        return settled
