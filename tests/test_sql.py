@@ -292,3 +292,61 @@ def test_a_trained_model_judges_the_advice(shop: str, tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     page = report.read_text()
     assert "model: " in page and "rule: " not in page
+
+
+# --- the watch: pg_stat_statements, regressions, signed alerts ------------------------------
+def test_the_watch_alerts_once_on_a_regression_and_remembers(tmp_path: Path) -> None:
+    from aiassist.drift.alerts import WebhookAlerter
+    from aiassist.modules.sql.watch import Watch
+
+    from .conftest import wait_for
+    from .test_drift import SECRET, Webhook
+
+    name = f"aiassist_sql_{secrets.token_hex(4)}"
+    url = _database(
+        name, "create extension pg_stat_statements",
+        "create table orders (id bigserial primary key, user_id int not null, note text)",
+        "insert into orders (user_id, note) select i % 5000, md5(i::text) "
+        "from generate_series(1, 200000) i",
+        "create index orders_user on orders (user_id)", "analyze",
+    )  # fmt: skip
+    hook = Webhook(fail_first=0)
+    alerter = WebhookAlerter(hook.url, secret=SECRET, backoff_s=0.05)
+    state = tmp_path / "watch.json"
+    try:
+        with psycopg.connect(url, autocommit=True) as app, connect(url, SETTINGS) as conn:
+
+            def traffic() -> None:
+                for user in range(30):
+                    app.execute("select * from orders where user_id = %s", (user,)).fetchall()
+
+            watch = Watch(conn, state, alerter, min_calls=20)
+            traffic()
+            assert watch.check() == []  # the first pass learns the baselines
+            traffic()
+            assert watch.check() == []  # as fast as before
+            app.execute("drop index orders_user")
+            traffic()
+            [alert] = watch.check()
+            assert alert.event == "sql.regression" and alert.seq_scans == ["orders"]
+            assert alert.baseline_ms is not None and alert.mean_ms >= 2 * alert.baseline_ms
+            assert "where user_id = $1" in alert.query
+            wait_for(lambda: len(hook.alerts) == 1, 20, "the signed alert")
+            assert hook.valid_signatures and hook.alerts[0]["event"] == "sql.regression"
+            restarted = Watch(conn, state, alerter, min_calls=20)
+            assert restarted.state.baseline_ms == watch.state.baseline_ms
+            assert restarted.check() == []  # nothing new since: no second alert
+    finally:
+        alerter.close()
+        hook.close()
+        _drop(name)
+
+
+def test_the_watch_needs_pg_stat_statements(shop: str, tmp_path: Path) -> None:
+    done = subprocess.run(
+        [str(Path(sys.executable).with_name("aiassist")), "sql", "watch", "--once",
+         "--dsn", shop, "--state", str(tmp_path / "w.json")],
+        env={k: v for k, v in os.environ.items() if not k.startswith("AIASSIST_")},
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 2 and "pg_stat_statements is not installed" in done.stderr

@@ -151,3 +151,65 @@ def _print(result: Analysis) -> None:
             "yes" if r.advised else f"no: {r.explanation}",
         )  # fmt: skip
     console.print(advice)
+
+
+@app.command()
+def watch(
+    dsn: Annotated[
+        str | None,
+        typer.Option(help="PostgreSQL URL (with pg_stat_statements).", envvar="AIASSIST_SQL_DSN"),
+    ] = None,
+    state: Annotated[
+        Path | None, typer.Option(help="Where the baselines are kept (default: the data dir).")
+    ] = None,
+    once: Annotated[bool, typer.Option(help="One pass, then exit.")] = False,
+) -> None:
+    """Alert (AIASSIST_SQL_WEBHOOK_URL, signed) when a query group's mean time regresses
+    against its baseline, or a new one takes a large share of the time."""
+    import signal
+    import threading
+
+    from pydantic import ValidationError
+
+    from aiassist.drift.alerts import WebhookAlerter
+    from aiassist.modules.sql import module
+    from aiassist.modules.sql.analysis import connect
+    from aiassist.modules.sql.sources import SourceError
+    from aiassist.modules.sql.watch import Watch
+    from aiassist.settings import SettingsError, load_settings
+
+    try:
+        settings, config = load_settings(), module.config
+    except (ValidationError, SettingsError) as exc:
+        err.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
+    url = dsn or (config.dsn.get_secret_value() if config.dsn else None)
+    if not url:
+        err.print("[red]no database: pass --dsn or set AIASSIST_SQL_DSN[/red]")
+        raise typer.Exit(2)
+    secret = config.webhook_secret.get_secret_value() if config.webhook_secret else None
+    sender = WebhookAlerter(config.webhook_url, secret=secret) if config.webhook_url else None
+    stop = threading.Event()
+    if not once:
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        signal.signal(signal.SIGINT, lambda *_: stop.set())
+    try:
+        with connect(url, config) as conn:
+            watcher = Watch(
+                conn, state or settings.data_dir / "sql-watch.json", sender,
+                factor=config.watch_factor, min_calls=config.watch_min_calls,
+            )  # fmt: skip
+            while True:
+                for alert in watcher.check():
+                    console.print(
+                        f"[yellow]{alert.event}[/yellow] {alert.mean_ms:,.1f} ms "
+                        f"(baseline {alert.baseline_ms}) {' '.join(alert.query.split())[:100]}"
+                    )
+                if once or stop.wait(config.watch_interval_s):
+                    break
+    except SourceError as exc:
+        err.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
+    finally:
+        if sender is not None:
+            sender.close()

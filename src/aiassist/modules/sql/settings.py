@@ -36,3 +36,21 @@ class SqlSettings(ModuleSettings):
         description="Run EXPLAIN ANALYZE (executes the queries; read-only transactions "
         "only). Off: plain EXPLAIN, which runs nothing.",
     )
+    watch_interval_s: float = Field(
+        300.0, ge=5, le=86_400, description="`aiassist sql watch`: seconds between passes."
+    )
+    watch_factor: float = Field(
+        2.0,
+        ge=1.1,
+        le=1000,
+        description="A group regresses when its mean is this times its baseline.",
+    )
+    watch_min_calls: int = Field(
+        20, ge=1, le=10**9, description="Calls a group needs in an interval to be judged."
+    )
+    webhook_url: str | None = Field(
+        None, max_length=2000, description="Where `aiassist sql watch` posts its alerts (signed)."
+    )
+    webhook_secret: SecretStr | None = Field(
+        None, description="HMAC secret that signs the alerts (see docs/modules.md, drift guard)."
+    )
