@@ -350,3 +350,44 @@ def test_the_watch_needs_pg_stat_statements(shop: str, tmp_path: Path) -> None:
         capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
     assert done.returncode == 2 and "pg_stat_statements is not installed" in done.stderr
+
+
+def test_an_advised_index_once_created_is_timed_as_the_decisions_outcome(tmp_path: Path) -> None:
+    from aiassist.modules.sql.watch import Watch
+
+    name = f"aiassist_sql_{secrets.token_hex(4)}"
+    url = _database(
+        name, "create extension pg_stat_statements", "create extension hypopg",
+        "create table orders (id bigserial primary key, user_id int not null, note text)",
+        "insert into orders (user_id, note) select i % 5000, md5(i::text) "
+        "from generate_series(1, 200000) i",
+        "analyze",
+    )  # fmt: skip
+    outcomes: list[tuple[str, dict[str, float]]] = []
+    try:
+        with psycopg.connect(url, autocommit=True) as app, connect(url, SETTINGS) as conn:
+
+            def traffic() -> None:
+                for user in range(30):
+                    app.execute("select * from orders where user_id = %s", (user,)).fetchall()
+
+            watch = Watch(
+                conn, tmp_path / "watch.json", record=lambda d, o: outcomes.append((d, o))
+            )
+            traffic()
+            watch.check()  # the baseline: a sequential scan a call
+            statements = [Statement("select * from orders where user_id = $1", 30)]
+            advice = analyze(conn, statements, settings=SETTINGS, source="pg_stat_statements")
+            [advised] = advice.advised()
+            assert watch.state.track(advice.recommendations) == 1
+            app.execute(advised.statement)  # the DBA runs CREATE INDEX CONCURRENTLY
+            traffic()
+            watch.check()  # the index is there: the latency before is the baseline
+            assert outcomes == []
+            traffic()
+            watch.check()  # a whole interval with it: the latency after
+    finally:
+        _drop(name)
+    [(decision_id, outcome)] = outcomes
+    assert decision_id == advised.decision_id and not watch.state.tracked
+    assert outcome["latency_after_ms"] * 5 < outcome["latency_before_ms"]

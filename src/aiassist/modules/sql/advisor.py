@@ -19,7 +19,6 @@ from typing import Any
 
 import psycopg
 
-from aiassist.modules.sql.catalog import Table
 from aiassist.modules.sql.findings import Recommendation
 from aiassist.modules.sql.groups import QueryGroup
 from aiassist.modules.sql.patterns import MIN_ROWS
@@ -85,21 +84,13 @@ def candidates(shape: Shape) -> list[Candidate]:
         keysets.extend([w] for w in wrapped)
         for keys in keysets:
             candidate = Candidate(table.qualified, tuple(keys))
-            if candidate not in found and not _exists(table, candidate.keys):
+            if candidate not in found and not table.has_index(candidate.keys):
                 found.append(candidate)
     return found
 
 
 def _unique(items: Any) -> list[str]:
     return list(dict.fromkeys(items))
-
-
-def _exists(table: Table, keys: tuple[str, ...]) -> bool:
-    wanted = tuple(k.strip("()") if k.startswith("(") else k for k in keys)
-    return any(
-        tuple(k.strip("()") for k in index.keys[: len(keys)]) == wanted and not index.partial
-        for index in table.indexes
-    )
 
 
 @dataclass

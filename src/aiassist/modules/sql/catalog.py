@@ -4,12 +4,18 @@ and statistics, read once per analysis from the system catalogs and statistics v
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
 
-__all__ = ["Catalog", "ForeignKey", "Index", "Table"]
+__all__ = ["Catalog", "ForeignKey", "Index", "Table", "bare_key"]
+
+
+def bare_key(key: str) -> str:
+    """An index key as pg_get_indexdef prints it: an expression without outer parentheses."""
+    return key[1:-1] if key.startswith("(") and key.endswith(")") else key
 
 
 @dataclass(frozen=True)
@@ -62,6 +68,14 @@ class Table:
     @property
     def qualified(self) -> str:
         return self.name if self.schema == "public" else f"{self.schema}.{self.name}"
+
+    def has_index(self, keys: Sequence[str]) -> bool:
+        """Some full index leads with these keys (columns, or expressions)."""
+        wanted = [bare_key(k) for k in keys]
+        return any(
+            [bare_key(k) for k in index.keys[: len(keys)]] == wanted and not index.partial
+            for index in self.indexes
+        )
 
     def indexes_leading_with(self, column: str) -> list[Index]:
         return [i for i in self.indexes if i.keys and i.keys[0] == column and not i.expression[0]]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, cast
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -12,6 +12,8 @@ from rich.table import Table
 from aiassist.modules.sql.findings import PATTERNS, Analysis
 
 __all__ = ["app"]
+
+WATCH_STATE = "sql-watch.json"  # in the data directory
 
 app = typer.Typer(help="PostgreSQL slow queries and indexes.", no_args_is_help=True)
 console = Console()
@@ -47,15 +49,19 @@ def analyze(
         bool | None,
         typer.Option("--analyze/--no-analyze", help="EXPLAIN ANALYZE (runs the queries)."),
     ] = None,
+    track: Annotated[
+        bool,
+        typer.Option(
+            help="Record the decisions, and have `aiassist sql watch` time the "
+            "advised indexes once created (their outcomes)."
+        ),
+    ] = False,
 ) -> None:
     """Group the statements, explain the costly ones, name index-defeating patterns and
     advise indexes proven with HypoPG. Without --log or --queries: pg_stat_statements."""
-    from prometheus_client import CollectorRegistry
     from pydantic import ValidationError
     from rich.progress import Progress
 
-    from aiassist.decider import Decider
-    from aiassist.metrics import Metrics
     from aiassist.modules.sql import IndexDecision, IndexFeatures, module
     from aiassist.modules.sql.analysis import analyze as run_analysis
     from aiassist.modules.sql.analysis import connect
@@ -66,7 +72,8 @@ def analyze(
         from_pg_stat_statements,
         from_queries,
     )
-    from aiassist.registry.serving import ModelWatcher
+    from aiassist.modules.sql.watch import WatchState
+    from aiassist.sdk import AIAssistService
     from aiassist.settings import SettingsError, load_settings
 
     if log is not None and queries is not None:
@@ -91,11 +98,10 @@ def analyze(
     if not url:
         err.print("[red]no database: pass --dsn or set AIASSIST_SQL_DSN[/red]")
         raise typer.Exit(2)
-    decider = Decider([module], metrics=Metrics(CollectorRegistry()))
-    ModelWatcher.for_settings(settings, decider).sync()
+    service = AIAssistService.setup(settings)  # the model on the volume, or the rule
 
     def judge(features: IndexFeatures) -> IndexDecision:
-        return cast(IndexDecision, decider.decide(module.name, features, record=False))
+        return service.decide(module, features, record=track)
 
     try:
         if log is not None:
@@ -121,9 +127,16 @@ def analyze(
         err.print(f"[red]{exc}[/red]")
         raise typer.Exit(2) from None
     _print(result)
+    if track:
+        path = settings.data_dir / WATCH_STATE
+        state = WatchState.load(path)
+        added = state.track(result.recommendations)
+        state.save(path)
+        console.print(f"tracking {added} advised indexes for `aiassist sql watch` ({path})")
     if report is not None:
         written = write_report(result, report)
         console.print("report: " + ", ".join(str(p) for p in written))
+    service.close()  # the decisions recorded are written
 
 
 def _print(result: Analysis) -> None:
@@ -176,6 +189,7 @@ def watch(
     from aiassist.modules.sql.analysis import connect
     from aiassist.modules.sql.sources import SourceError
     from aiassist.modules.sql.watch import Watch
+    from aiassist.sdk import AIAssistService
     from aiassist.settings import SettingsError, load_settings
 
     try:
@@ -187,6 +201,7 @@ def watch(
     if not url:
         err.print("[red]no database: pass --dsn or set AIASSIST_SQL_DSN[/red]")
         raise typer.Exit(2)
+    service = AIAssistService.setup(settings)  # where the advised indexes' outcomes go
     secret = config.webhook_secret.get_secret_value() if config.webhook_secret else None
     sender = WebhookAlerter(config.webhook_url, secret=secret) if config.webhook_url else None
     stop = threading.Event()
@@ -196,8 +211,9 @@ def watch(
     try:
         with connect(url, config) as conn:
             watcher = Watch(
-                conn, state or settings.data_dir / "sql-watch.json", sender,
+                conn, state or settings.data_dir / WATCH_STATE, sender,
                 factor=config.watch_factor, min_calls=config.watch_min_calls,
+                record=lambda decision, outcome: service.record_outcome(module, decision, outcome),
             )  # fmt: skip
             while True:
                 for alert in watcher.check():
@@ -211,5 +227,6 @@ def watch(
         err.print(f"[red]{exc}[/red]")
         raise typer.Exit(2) from None
     finally:
+        service.close()  # the outcomes recorded are written
         if sender is not None:
             sender.close()
