@@ -391,3 +391,16 @@ def test_an_advised_index_once_created_is_timed_as_the_decisions_outcome(tmp_pat
     [(decision_id, outcome)] = outcomes
     assert decision_id == advised.decision_id and not watch.state.tracked
     assert outcome["latency_after_ms"] * 5 < outcome["latency_before_ms"]
+
+
+def test_explain_analyze_when_allowed_runs_only_in_read_only_transactions(shop: str) -> None:
+    allowed = SqlSettings(allow_analyze=True)
+    statements = [Statement("select * from orders where user_id = 5"),
+                  Statement("delete from orders where user_id = 6")]  # fmt: skip
+    with connect(shop, allowed) as conn:
+        result = analyze(conn, statements, settings=allowed, source="queries")
+    select, delete = sorted(result.query_groups, key=lambda g: g.query)[::-1]
+    assert result.analyze and select.error is None and select.cost
+    assert delete.error is not None and "read-only transaction" in delete.error
+    with psycopg.connect(_as_admin(shop)) as admin:
+        assert admin.execute("select count(*) from orders where user_id = 6").fetchone() == (3,)
