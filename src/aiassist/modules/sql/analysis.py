@@ -158,7 +158,7 @@ def _judge(
     judge: Judge,
 ) -> None:
     served = [explained[g].group for g in recommendation.groups]
-    table = catalog.table(*reversed(recommendation.table.split(".", 1)))
+    table = catalog.named(recommendation.table)
     calls = sum(g.calls for g in served)
     decision = judge(
         IndexFeatures(

@@ -163,6 +163,11 @@ class Catalog:
         path = conn.execute("select current_schemas(false)").fetchone()
         return cls(list(by_oid.values()), list(path[0]) if path else ["public"])
 
+    def named(self, qualified: str) -> Table | None:
+        """The table a `Table.qualified` name names (`orders`, `sales.orders`)."""
+        schema, _, name = qualified.rpartition(".")
+        return self.table(name, schema or None)
+
     def table(self, name: str, schema: str | None = None) -> Table | None:
         if schema is not None:
             return self._by_name.get((schema, name))

@@ -283,8 +283,7 @@ def _seq_scan(plan: Plan, table: Table) -> PlanNode | None:
 
 
 def _has_expression(table: Table, predicate: Predicate) -> bool:
-    wanted = f"({predicate.expression})"
-    return any(key in (predicate.expression, wanted) for i in table.indexes for key in i.keys[:1])
+    return table.has_index([f"({predicate.expression})"])
 
 
 def _rows(table: Table) -> float:

@@ -205,7 +205,7 @@ class Watch:
         for t in self.state.tracked:
             ids = [q for g in t.fingerprints for q in by_group.get(g, [])]
             if t.before_ms is None:
-                table = catalog.table(*reversed(t.table.split(".", 1)))
+                table = catalog.named(t.table)
                 made = table is not None and table.has_index(t.keys)
                 base = [self.state.baseline_ms[q] for q in ids if q in self.state.baseline_ms]
                 if made and base:
