@@ -1,15 +1,19 @@
-"""`aiassist sql analyze`: slow queries and index advice for a PostgreSQL database."""
+"""`aiassist sql analyze` and `aiassist sql watch`: slow queries, index advice, regressions."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from aiassist.modules.sql.findings import PATTERNS, Analysis
+from aiassist.modules.sql.settings import SqlSettings
+
+if TYPE_CHECKING:
+    from aiassist.settings import Settings
 
 __all__ = ["app"]
 
@@ -59,7 +63,6 @@ def analyze(
 ) -> None:
     """Group the statements, explain the costly ones, name index-defeating patterns and
     advise indexes proven with HypoPG. Without --log or --queries: pg_stat_statements."""
-    from pydantic import ValidationError
     from rich.progress import Progress
 
     from aiassist.modules.sql import IndexDecision, IndexFeatures, module
@@ -74,30 +77,13 @@ def analyze(
     )
     from aiassist.modules.sql.watch import WatchState
     from aiassist.sdk import AIAssistService
-    from aiassist.settings import SettingsError, load_settings
 
     if log is not None and queries is not None:
         err.print("[red]give --log or --queries, not both[/red]")
         raise typer.Exit(2)
-    try:
-        settings = load_settings()
-        overrides = {
-            k: v
-            for k, v in {
-                "top_groups": top_groups,
-                "min_cost_factor": min_cost_factor,
-                "allow_analyze": explain_analyze,
-            }.items()
-            if v is not None
-        }
-        config = module.config.model_copy(update=overrides)
-    except (ValidationError, SettingsError) as exc:
-        err.print(f"[red]{exc}[/red]")
-        raise typer.Exit(2) from None
-    url = dsn or (config.dsn.get_secret_value() if config.dsn else None)
-    if not url:
-        err.print("[red]no database: pass --dsn or set AIASSIST_SQL_DSN[/red]")
-        raise typer.Exit(2)
+    settings, config, url = _configured(
+        dsn, top_groups=top_groups, min_cost_factor=min_cost_factor, allow_analyze=explain_analyze
+    )
     service = AIAssistService.setup(settings)  # the model on the volume, or the rule
 
     def judge(features: IndexFeatures) -> IndexDecision:
@@ -137,6 +123,28 @@ def analyze(
         written = write_report(result, report)
         console.print("report: " + ", ".join(str(p) for p in written))
     service.close()  # the decisions recorded are written
+
+
+def _configured(dsn: str | None, **overrides: Any) -> tuple[Settings, SqlSettings, str]:
+    """The settings, the module's (with the options given), and the database URL; a clear
+    error and exit 2 when they are wrong or no database is named."""
+    from pydantic import ValidationError
+
+    from aiassist.modules.sql import module
+    from aiassist.settings import SettingsError, load_settings
+
+    try:
+        settings = load_settings()
+        given = {k: v for k, v in overrides.items() if v is not None}
+        config = module.config.model_copy(update=given)
+    except (ValidationError, SettingsError) as exc:
+        err.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
+    url = dsn or (config.dsn.get_secret_value() if config.dsn else None)
+    if not url:
+        err.print("[red]no database: pass --dsn or set AIASSIST_SQL_DSN[/red]")
+        raise typer.Exit(2)
+    return settings, config, url
 
 
 def _print(result: Analysis) -> None:
@@ -182,25 +190,14 @@ def watch(
     import signal
     import threading
 
-    from pydantic import ValidationError
-
     from aiassist.drift.alerts import WebhookAlerter
     from aiassist.modules.sql import module
     from aiassist.modules.sql.analysis import connect
     from aiassist.modules.sql.sources import SourceError
     from aiassist.modules.sql.watch import Watch
     from aiassist.sdk import AIAssistService
-    from aiassist.settings import SettingsError, load_settings
 
-    try:
-        settings, config = load_settings(), module.config
-    except (ValidationError, SettingsError) as exc:
-        err.print(f"[red]{exc}[/red]")
-        raise typer.Exit(2) from None
-    url = dsn or (config.dsn.get_secret_value() if config.dsn else None)
-    if not url:
-        err.print("[red]no database: pass --dsn or set AIASSIST_SQL_DSN[/red]")
-        raise typer.Exit(2)
+    settings, config, url = _configured(dsn)
     service = AIAssistService.setup(settings)  # where the advised indexes' outcomes go
     secret = config.webhook_secret.get_secret_value() if config.webhook_secret else None
     sender = WebhookAlerter(config.webhook_url, secret=secret) if config.webhook_url else None
