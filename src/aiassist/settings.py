@@ -11,6 +11,7 @@ and from the file's `[<module>]` table.
 
 from __future__ import annotations
 
+import logging
 import os
 import tomllib
 from pathlib import Path
@@ -397,6 +398,16 @@ def load_settings(**overrides: Any) -> Settings:
 
 
 S = TypeVar("S", bound=_FromConfig)
+
+
+def module_settings(cls: type[S], log: logging.Logger) -> S:
+    """A module's settings as this process has them, or their defaults when they cannot be
+    read: a decision never fails on them (the service reports them at start)."""
+    try:
+        return read_settings(cls)
+    except SettingsError as exc:
+        log.warning("%s: settings unreadable, defaults: %s", cls.prefix(), exc)
+        return cls()
 
 
 def read_settings(cls: type[S], **overrides: Any) -> S:

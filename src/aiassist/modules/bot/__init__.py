@@ -19,7 +19,7 @@ from pydantic import Field
 
 from aiassist.modules.base import Decision, Features, Module, Outcome
 from aiassist.modules.bot.settings import Action, BotSettings, Thresholds
-from aiassist.settings import SettingsError, read_settings
+from aiassist.settings import module_settings
 
 __all__ = [
     "Action",
@@ -172,11 +172,7 @@ class BotModule(Module[BotFeatures, BotDecision, BotOutcome]):
     def config(self) -> BotSettings:
         """The given settings, else the process's `BotSettings` (read on first use)."""
         if self._settings is None:
-            try:
-                self._settings = read_settings(BotSettings)
-            except SettingsError as exc:  # the service reports it at start; never fail here
-                log.warning("bot: settings unreadable, defaults: %s", exc)
-                self._settings = BotSettings()
+            self._settings = module_settings(BotSettings, log)
         return self._settings
 
     def action(self, p_bot: float) -> Action:

@@ -48,7 +48,7 @@ from pydantic import Field
 from aiassist.modules.base import Decision, Features, Module, Outcome
 from aiassist.modules.priority.queue import TaskQueue
 from aiassist.modules.priority.settings import PrioritySettings, Scoring
-from aiassist.settings import SettingsError, read_settings
+from aiassist.settings import module_settings
 
 __all__ = [
     "PriorityDecision",
@@ -179,11 +179,7 @@ class PriorityModule(Module[PriorityFeatures, PriorityDecision, PriorityOutcome]
     def scoring(self) -> Scoring:
         """The given scoring, else the process's `PrioritySettings` (read on first use)."""
         if self._scoring is None:
-            try:
-                self._scoring = Scoring.from_settings(read_settings(PrioritySettings))
-            except SettingsError as exc:  # the service reports it at start; never fail here
-                log.warning("priority: settings unreadable, default scoring: %s", exc)
-                self._scoring = Scoring()
+            self._scoring = Scoring.from_settings(module_settings(PrioritySettings, log))
         return self._scoring
 
     def fallback(self, f: PriorityFeatures) -> PriorityDecision:

@@ -22,7 +22,7 @@ from pydantic import Field
 
 from aiassist.modules.base import Decision, Features, Module, Outcome
 from aiassist.modules.sql.settings import SqlSettings
-from aiassist.settings import SettingsError, read_settings
+from aiassist.settings import module_settings
 
 __all__ = ["IndexDecision", "IndexFeatures", "IndexOutcome", "SqlModule", "SqlSettings", "module"]
 
@@ -86,11 +86,7 @@ class SqlModule(Module[IndexFeatures, IndexDecision, IndexOutcome]):
     def config(self) -> SqlSettings:
         """The given settings, else the process's `SqlSettings` (read on first use)."""
         if self._settings is None:
-            try:
-                self._settings = read_settings(SqlSettings)
-            except SettingsError as exc:  # the service reports it at start; never fail here
-                log.warning("sql: settings unreadable, defaults: %s", exc)
-                self._settings = SqlSettings()
+            self._settings = module_settings(SqlSettings, log)
         return self._settings
 
     def fallback(self, f: IndexFeatures) -> IndexDecision:
