@@ -146,11 +146,21 @@ def pg_url(pg_template: str) -> Iterator[str]:
     admin.dispose()
 
 
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A migrated SQLite database file that per-test databases are copied from."""
+    path = tmp_path_factory.mktemp("sqlite-template") / "aiassist.db"
+    upgrade(f"sqlite:///{path}")
+    assert not path.with_name(f"{path.name}-wal").exists(), "the template is not checkpointed"
+    return path
+
+
 @pytest.fixture
-def sqlite_url(tmp_path: Path) -> str:
-    url = f"sqlite:///{tmp_path / 'aiassist.db'}"
-    upgrade(url)
-    return url
+def sqlite_url(sqlite_template: Path, tmp_path: Path) -> str:
+    """A fresh, migrated SQLite database for one test: a copy of the template's file."""
+    path = tmp_path / "aiassist.db"
+    shutil.copyfile(sqlite_template, path)
+    return f"sqlite:///{path}"
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -273,16 +283,18 @@ def wait_for(condition: Callable[[], bool], timeout: float = 15.0, what: str = "
 def wait_healthy(
     url: str, timeout: float = 20.0, proc: subprocess.Popen[bytes] | None = None
 ) -> None:
-    """Poll `url`/healthz until it answers 200; fail at once if `proc` has exited."""
+    """Poll `url`/healthz until it answers 200; fail at once if `proc` has exited. One client
+    for all the polls: a new one per poll costs more CPU than the server's start-up can spare."""
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert proc is None or proc.poll() is None, f"the server exited with {proc.returncode}"
-        try:
-            if httpx.get(f"{url}/healthz", timeout=0.5).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.05)
+    with httpx.Client(timeout=0.5) as client:
+        while time.monotonic() < deadline:
+            assert proc is None or proc.poll() is None, f"the server exited with {proc.returncode}"
+            try:
+                if client.get(f"{url}/healthz").status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.05)
     raise TimeoutError(f"{url} did not become healthy in {timeout}s")
 
 
