@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +25,14 @@ TOOLS = ["lookup_order", "create_note", "delete_customer", "purge_everything", "
 SERVER_FAULT = -32603  # JSON-RPC "internal error"
 
 
+@dataclass(frozen=True)
+class Endpoint:
+    url: str
+    client: httpx.Client  # one connection pool for every call, holding the key's headers
+
+
 @pytest.fixture(scope="module")
-def mcp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, dict[str, str]]]:
+def mcp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Endpoint]:
     env = {
         "AIASSIST_MCP_HTTP": "true",
         "AIASSIST_AGENT_TOOLS": "tests.mcp_tools:tools",
@@ -38,15 +46,17 @@ def mcp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, dict[st
             "accept": "application/json, text/event-stream",
             "content-type": "application/json",
         }
-        yield f"{service.process.url}/mcp", headers
+        with httpx.Client(headers=headers, timeout=30) as client:
+            yield Endpoint(f"{service.process.url}/mcp", client)
 
 
-def post(mcp: tuple[str, dict[str, str]], body: str | bytes) -> tuple[int, list[dict[str, Any]]]:
+def post(mcp: Endpoint, body: str | bytes) -> tuple[int, list[dict[str, Any]]]:
     """The status and the JSON-RPC messages of the answer (plain JSON or server-sent events)."""
-    url, headers = mcp
-    response = httpx.post(url, content=body, headers=headers, timeout=30)
+    response = mcp.client.post(mcp.url, content=body)
     if response.headers.get("content-type", "").startswith("text/event-stream"):
-        lines = response.text.splitlines()
+        # SSE lines end in CR, LF or CRLF only: str.splitlines() would also cut the JSON at
+        # the U+2028, U+0085 or form feeds that a message's strings may hold unescaped
+        lines = re.split(r"\r\n|\r|\n", response.text)
         return response.status_code, [json.loads(x[5:]) for x in lines if x.startswith("data:")]
     return response.status_code, [response.json()] if response.content else []
 
@@ -71,7 +81,7 @@ json_values = st.recursive(
 @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
 @given(tool=st.sampled_from(TOOLS), arguments=json_values)
 def test_tool_calls_with_any_arguments_are_answered(
-    mcp: tuple[str, dict[str, str]], tool: str, arguments: Any
+    mcp: Endpoint, tool: str, arguments: Any
 ) -> None:
     call = {"name": tool, "arguments": arguments}
     body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": call})
@@ -86,9 +96,7 @@ def test_tool_calls_with_any_arguments_are_answered(
 @given(
     method=st.text(max_size=40) | st.sampled_from(["tools/call", "tools/list"]), params=json_values
 )
-def test_any_method_and_params_are_answered(
-    mcp: tuple[str, dict[str, str]], method: str, params: Any
-) -> None:
+def test_any_method_and_params_are_answered(mcp: Endpoint, method: str, params: Any) -> None:
     body = json.dumps({"jsonrpc": "2.0", "id": 7, "method": method, "params": params})
     assert_answered(*post(mcp, body))
 
@@ -105,7 +113,7 @@ def test_any_method_and_params_are_answered(
     ],
 )
 def test_what_is_not_json_rpc_is_a_400_naming_why(
-    mcp: tuple[str, dict[str, str]], body: str | bytes, code: int
+    mcp: Endpoint, body: str | bytes, code: int
 ) -> None:
     status, [message] = post(mcp, body)
     assert status == 400
@@ -113,7 +121,7 @@ def test_what_is_not_json_rpc_is_a_400_naming_why(
 
 
 def test_non_finite_arguments_are_a_tool_error_naming_the_field(
-    mcp: tuple[str, dict[str, str]],
+    mcp: Endpoint,
 ) -> None:
     for number in ["NaN", "Infinity", "-Infinity"]:
         body = (
