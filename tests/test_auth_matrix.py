@@ -92,10 +92,14 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ScopedService]
         yield service
 
 
+#: One connection pool for the matrix's calls: a client per call costs more than the call.
+HTTP = httpx.Client()
+
+
 def _call(url: str, operation: Operation, token: str | None) -> httpx.Response:
     headers = {"authorization": f"Bearer {token}"} if token else {}
     body = {} if operation.method in ("post", "put", "patch") else None
-    return httpx.request(operation.method, url + operation.path, json=body, headers=headers)
+    return HTTP.request(operation.method, url + operation.path, json=body, headers=headers)
 
 
 def _route_table(routes: Iterable[Any]) -> Iterator[tuple[str, str, bool]]:

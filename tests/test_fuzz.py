@@ -18,6 +18,7 @@ import pytest
 from hypothesis import HealthCheck, settings
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import response_schema_conformance
+from schemathesis.transport.requests import ManagedCookiesSession
 
 from aiassist.server.app import create_app
 from aiassist.settings import Settings
@@ -32,6 +33,7 @@ RSS_GROWTH_BOUND = 256 << 20  # what a leak per request would exceed over the ru
 class Fuzzed:
     service: ScopedService
     keys: dict[str, dict[str, str]]  # "none" and each scope -> its headers
+    session: ManagedCookiesSession  # kept-alive connections; cookies dropped after each call
     rss_at_start: int = 0
 
     @property
@@ -48,8 +50,14 @@ class Fuzzed:
 
 @pytest.fixture(scope="module")
 def fuzzed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fuzzed]:
-    with scoped_service(tmp_path_factory.mktemp("fuzz")) as service:
-        yield Fuzzed(service, {"none": {}} | {s: service.headers(s) for s in service.tokens})
+    with (
+        scoped_service(tmp_path_factory.mktemp("fuzz")) as service,
+        ManagedCookiesSession() as http,
+    ):
+        http.headers.clear()  # what schemathesis's own runner sends: only the case's headers
+        http.trust_env = False  # a loopback server: no proxy or .netrc to look up per request
+        keys = {"none": {}} | {s: service.headers(s) for s in service.tokens}
+        yield Fuzzed(service, keys, http)
 
 
 def _schema() -> Any:
@@ -70,6 +78,7 @@ def test_no_input_reaches_a_server_error(case: Any, fuzzed: Fuzzed) -> None:
     for headers in fuzzed.keys.values():
         case.call_and_validate(
             base_url=fuzzed.url,
+            session=fuzzed.session,
             headers=headers,
             checks=[not_a_server_error, response_schema_conformance],
             timeout=30,
@@ -114,13 +123,14 @@ def test_every_post_answers_bad_bodies_with_a_4xx_and_a_message(fuzzed: Fuzzed) 
         ("text/plain", "hello"),
         ("application/json", json.dumps([1, 2, 3])),
     ]
-    for path in _post_operations(fuzzed):
-        url = f"{fuzzed.url}{path.replace('{', '').replace('}', '')}"
-        for content_type, body in bad:
-            headers = fuzzed.keys["admin"] | {"content-type": content_type}
-            response = httpx.post(url, content=body, headers=headers, timeout=30)
-            assert 400 <= response.status_code < 500, (path, content_type, response.text[:300])
-            assert response.json()["detail"], (path, content_type)
+    with httpx.Client(timeout=30) as http:
+        for path in _post_operations(fuzzed):
+            url = f"{fuzzed.url}{path.replace('{', '').replace('}', '')}"
+            for content_type, body in bad:
+                headers = fuzzed.keys["admin"] | {"content-type": content_type}
+                response = http.post(url, content=body, headers=headers)
+                assert 400 <= response.status_code < 500, (path, content_type, response.text[:300])
+                assert response.json()["detail"], (path, content_type)
 
 
 def test_deep_nesting_says_so(fuzzed: Fuzzed) -> None:

@@ -21,6 +21,7 @@ from examples.backend.db import BackendSettings
 from hypothesis import HealthCheck, settings
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import response_schema_conformance
+from schemathesis.transport.requests import ManagedCookiesSession
 
 from .conftest import free_port, fuzz_schema, wait_healthy
 from .test_example_backend import Inbox
@@ -62,11 +63,26 @@ def _schema() -> Any:
 schema = _schema()
 
 
+@pytest.fixture(scope="module")
+def session() -> Iterator[ManagedCookiesSession]:
+    """Kept-alive connections for the generated calls, their cookies dropped after each one,
+    as schemathesis's own runner does."""
+    with ManagedCookiesSession() as http:
+        http.headers.clear()  # only the case's own headers
+        http.trust_env = False  # a loopback server: no proxy or .netrc to look up per request
+        yield http
+
+
 @schema.parametrize()
 @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
-def test_no_input_reaches_a_server_error(case: Any, backend: str) -> None:
+def test_no_input_reaches_a_server_error(
+    case: Any, backend: str, session: ManagedCookiesSession
+) -> None:
     case.call_and_validate(
-        base_url=backend, checks=[not_a_server_error, response_schema_conformance], timeout=30
+        base_url=backend,
+        session=session,
+        checks=[not_a_server_error, response_schema_conformance],
+        timeout=30,
     )
 
 
