@@ -2,7 +2,7 @@
 started without its database.
 
     python bench/faults.py            # about 3 minutes: bench/results/faults.json
-    python bench/faults.py --quick    # about 30 seconds, for the smoke test
+    python bench/faults.py --quick    # about 20 seconds, for the smoke test
 
 One thread calls `AIAssistService(mode="remote").decide("reference", ...)` at a fixed rate
 against the real service (a child process on SQLite), timing every call and counting the
@@ -210,13 +210,13 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("--rate", type=float, help="decisions per second [300; quick 200]")
-    p.add_argument("--baseline-s", type=float, help="quiet phase [20; quick 3]")
-    p.add_argument("--fault-s", type=float, help="SIGSTOP and no-database length [10; quick 2]")
-    p.add_argument("--recovery-s", type=float, help="load after each fault [20; quick 4]")
+    p.add_argument("--baseline-s", type=float, help="quiet phase [20; quick 1]")
+    p.add_argument("--fault-s", type=float, help="SIGSTOP and no-database length [10; quick 1]")
+    p.add_argument("--recovery-s", type=float, help="load after each fault [20; quick 2.5]")
     p.add_argument("--timeout-ms", type=float, default=50.0, help="the SDK's timeout [50]")
     p.add_argument("--breaker-recovery-s", type=float, default=1.0, help="open breaker [1]")
     full = {"rate": 300.0, "baseline_s": 20.0, "fault_s": 10.0, "recovery_s": 20.0}
-    quick = {"rate": 200.0, "baseline_s": 3.0, "fault_s": 2.0, "recovery_s": 4.0}
+    quick = {"rate": 200.0, "baseline_s": 1.0, "fault_s": 1.0, "recovery_s": 2.5}
     args = parse_args(p, "faults", full, quick)
     started = datetime.now(UTC)
     info = machine_info(PACKAGES)
