@@ -4,8 +4,9 @@
 (`.venv/bin/aiassist up`), which, unlike `python -m aiassist`, does not have the checkout on
 `sys.path`. Then the README's tour runs against it: the curl decision, the inbound email
 written with smtplib, and the refund that waits for an approval. The clone is of what is
-committed (as CI and a new user see it); the ports come from the environment, so the command
-stays `make run`.
+committed (as CI and a new user see it); the ports, and a one-second interval for the service
+to pick up a run decided from a shell, come from the environment, so the command stays
+`make run`.
 """
 
 from __future__ import annotations
@@ -62,6 +63,8 @@ def make_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
         "AIASSIST_BACKEND_PORT": str(backend),
         "AIASSIST_MAIL_SINK_PORT": str(sink),
         "AIASSIST_INBOUND_MAIL_PORT": str(inbound),
+        # a decision made from a shell is picked up within a second, not the default five
+        "AIASSIST_AGENT_RECOVER_SECONDS": "1",
         "COLUMNS": "200",
     }
     log = (checkout.parent / "make-run.log").open("wb")
