@@ -27,6 +27,8 @@ from aiassist.training.daemon import ModelDaemon
 from .conftest import daemon_settings, wait_for
 
 NAME = module.name
+SESSIONS = 160  # of each kind per phase: 320 outcomes, over conftest's retrain_min_outcomes
+TRAINED = 240  # of them trained on, the newest quarter held out (holdout_fraction 0.25)
 
 
 def replayers(n: int, seed: int) -> list[GeneratedSession]:
@@ -97,11 +99,11 @@ def test_confirmed_sessions_retrain_the_model_only_when_it_does_better(
     bootstrap = daemon.train(NAME, synthetic=True, rows=2000, reason="bootstrap")
     assert (bootstrap.action, bootstrap.version) == ("promoted", "v0001")
 
-    confirmed_by_the_site(settings, site(200, seed=21), lies=0)
+    confirmed_by_the_site(settings, site(SESSIONS, seed=21), lies=0)
     with make_sessionmaker(daemon.db)() as db:  # one decision stored per confirmed session,
         stored = db.scalar(select(func.count()).select_from(DecisionRecord))  # not per request
         outcomes = db.scalar(select(func.count()).select_from(OutcomeRecord))
-    assert stored == outcomes == 400
+    assert stored == outcomes == 2 * SESSIONS
     result = daemon.maybe_train(NAME)
     assert (result.action, result.version, result.baseline) == ("promoted", "v0002", "v0001")
     assert result.candidate_quality is not None and result.baseline_quality is not None
@@ -112,7 +114,7 @@ def test_confirmed_sessions_retrain_the_model_only_when_it_does_better(
     before, after = recall(daemon, "v0001", unseen), recall(daemon, "v0002", unseen)
     assert after > 0.9 and after > before + 0.3, (before, after)
 
-    confirmed_by_the_site(settings, site(200, seed=31), lies=300)
+    confirmed_by_the_site(settings, site(SESSIONS, seed=31), lies=TRAINED)
     misled = daemon.maybe_train(NAME)
     assert (misled.action, misled.version, misled.baseline) == ("rejected", "v0003", "v0002")
     assert "no better than v0002" in misled.reason or "below v0002" in misled.reason
