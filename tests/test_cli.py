@@ -111,13 +111,14 @@ def test_up_serves_on_sqlite_with_an_admin_key(tmp_path: Path) -> None:
         assert (tmp_path / "aiassist.db").exists()
         # The daemon it started bootstraps a first model, and the service swaps it in.
         deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
-            decision = httpx.post(
-                f"{url}/v1/reference/decide", json={"features": {"signal": 1.0}}, headers=headers
-            ).json()
-            if decision["source"] == "model":
-                break
-            time.sleep(0.5)
+        with httpx.Client(base_url=url, headers=headers) as client:  # one client for the polls
+            while time.monotonic() < deadline:
+                decision = client.post(
+                    "/v1/reference/decide", json={"features": {"signal": 1.0}}
+                ).json()
+                if decision["source"] == "model":
+                    break
+                time.sleep(0.5)
         assert decision["source"] == "model" and decision["model_version"] == "v0001"
     finally:
         proc.terminate()
@@ -151,11 +152,12 @@ def test_up_runs_the_example_backend_with_its_flows(tmp_path: Path) -> None:
         with smtplib.SMTP("127.0.0.1", inbound, timeout=30) as smtp:
             smtp.send_message(message)  # answered once the flow's run is recorded
 
-        def leads() -> list[tuple[str, bool]]:
-            found = httpx.get(f"http://127.0.0.1:{backend}/leads").json()
+        def leads(client: httpx.Client) -> list[tuple[str, bool]]:
+            found = client.get(f"http://127.0.0.1:{backend}/leads").json()
             return [(lead["status"], lead["follow_up_at"] is not None) for lead in found]
 
-        wait_for(lambda: leads() == [("contacted", True)], 60, "the lead_intake flow")
+        with httpx.Client() as client:  # one client for the polls
+            wait_for(lambda: leads(client) == [("contacted", True)], 60, "the lead_intake flow")
         [sent] = (tmp_path / "mail").glob("*.eml")
         assert "To: zhangsan@example.com" in sent.read_text()
         headers = {"authorization": f"Bearer {(tmp_path / 'admin.key').read_text().strip()}"}
