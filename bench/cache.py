@@ -29,10 +29,9 @@ from typing import Any
 import numpy as np
 
 from _common import goal, machine_info, parse_args, train_from_simulator, write_results
-from aiassist.modules.cache import CacheFeatures, module
-from aiassist.modules.cache.history import feature_rows
+from aiassist.modules.cache import module
 from aiassist.modules.cache.simulator import Policy, Trace, TraceSpec, generate, replay, window_sum
-from aiassist.modules.cache.training import TRACE_START_S, trainer
+from aiassist.modules.cache.training import features_at, trainer
 
 PRELOAD_GOAL = 0.83
 HORIZON_S = 7200
@@ -44,25 +43,17 @@ TRACES = {
 }
 
 
-def features_at(trace: Trace, b: int) -> list[CacheFeatures]:
-    horizon = HORIZON_S // trace.spec.bucket_s
-    upcoming = {k for k, start in trace.events if b <= start < b + horizon}
-    rows = feature_rows(
-        trace.counts, b, bucket_s=trace.spec.bucket_s, horizon_s=HORIZON_S,
-        start_s=TRACE_START_S, events=upcoming,
-    )  # fmt: skip
-    return [CacheFeatures(**row) for row in rows]
-
-
 def policies(engine: Any) -> dict[str, Policy | None]:
     def last_window(trace: Trace, b: int) -> np.ndarray:
         return window_sum(trace.counts, b - HORIZON_S // trace.spec.bucket_s, b)
 
     def ewma(trace: Trace, b: int) -> np.ndarray:
-        return np.array([module.fallback(f).predicted_reads for f in features_at(trace, b)])
+        return np.array(
+            [module.fallback(f).predicted_reads for f in features_at(trace, b, HORIZON_S)]
+        )
 
     def model(trace: Trace, b: int) -> np.ndarray:
-        decisions = engine.decide_many(module.name, features_at(trace, b), record=False)
+        decisions = engine.decide_many(module.name, features_at(trace, b, HORIZON_S), record=False)
         assert all(d.source == "model" for d in decisions)
         return np.array([d.predicted_reads for d in decisions])
 

@@ -18,33 +18,38 @@ import numpy as np
 from aiassist.modules import Decision
 from aiassist.modules.cache import CacheFeatures, module
 from aiassist.modules.cache.history import feature_rows
-from aiassist.modules.cache.simulator import TraceSpec, generate, window_sum
+from aiassist.modules.cache.simulator import Trace, TraceSpec, generate, window_sum
 from aiassist.training.base import Dataset, ExportedModel, brier_quality
 from aiassist.training.export import fit_lightgbm_regressor
 
-__all__ = ["CacheTrainer", "examples", "trainer"]
+__all__ = ["CacheTrainer", "examples", "features_at", "trainer"]
 
 #: 2026-01-05, a Monday at 00:00 UTC: simulated traces start there.
 TRACE_START_S = 1_767_571_200
 _HORIZON_S = 7200
 
 
+def features_at(trace: Trace, now: int, horizon_s: int = _HORIZON_S) -> list[CacheFeatures]:
+    """Every key's features for the horizon starting at bucket `now` of a simulated trace."""
+    horizon = horizon_s // trace.spec.bucket_s
+    upcoming = {k for k, start in trace.events if now <= start < now + horizon}
+    rows = feature_rows(
+        trace.counts, now, bucket_s=trace.spec.bucket_s, horizon_s=horizon_s,
+        start_s=TRACE_START_S, events=upcoming,
+    )  # fmt: skip
+    return [CacheFeatures(**row) for row in rows]
+
+
 def examples(
-    trace: Any, moments: list[int], horizon_s: int = _HORIZON_S
+    trace: Trace, moments: list[int], horizon_s: int = _HORIZON_S
 ) -> tuple[list[CacheFeatures], list[float]]:
     """Every key's features at each moment, and log(1 + its reads over the horizon)."""
-    bucket_s = trace.spec.bucket_s
-    horizon = horizon_s // bucket_s
+    horizon = horizon_s // trace.spec.bucket_s
     features: list[CacheFeatures] = []
     labels: list[float] = []
     for now in moments:
-        upcoming = {k for k, start in trace.events if now <= start < now + horizon}
-        rows = feature_rows(
-            trace.counts, now, bucket_s=bucket_s, horizon_s=horizon_s,
-            start_s=TRACE_START_S, events=upcoming,
-        )  # fmt: skip
+        features.extend(features_at(trace, now, horizon_s))
         future = window_sum(trace.counts, now, now + horizon)
-        features.extend(CacheFeatures(**row) for row in rows)
         labels.extend(math.log1p(float(v)) for v in future)
     return features, labels
 

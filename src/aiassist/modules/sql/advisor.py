@@ -19,6 +19,7 @@ from typing import Any
 
 import psycopg
 
+from aiassist.modules.sql.catalog import has_extension
 from aiassist.modules.sql.findings import Recommendation
 from aiassist.modules.sql.groups import QueryGroup
 from aiassist.modules.sql.patterns import MIN_ROWS
@@ -53,7 +54,7 @@ def candidates(shape: Shape) -> list[Candidate]:
     """The indexes that could serve this statement and do not exist yet."""
     found: list[Candidate] = []
     for table in {t.qualified: t for t in shape.tables.values()}.values():
-        if max(table.estimated_rows, table.live_rows) < MIN_ROWS:
+        if table.rows < MIN_ROWS:
             continue
         mine = [p for p in shape.predicates if p.column.table == table.qualified]
         equal = _unique(
@@ -112,9 +113,7 @@ class Advisor:
         self.conn = conn
         self.explainer = explainer
         self.min_cost_factor = min_cost_factor
-        self.hypopg = bool(
-            conn.execute("select 1 from pg_extension where extname = 'hypopg'").fetchone()
-        )
+        self.hypopg = has_extension(conn, "hypopg")
 
     def advise(self, explained: Sequence[Explained]) -> list[Recommendation]:
         trials: dict[Candidate, _Trial] = {}
@@ -203,7 +202,7 @@ class Advisor:
     def _by_rule(self, trials: dict[Candidate, _Trial]) -> list[Recommendation]:
         ranked: list[tuple[float, Recommendation]] = []
         for trial in trials.values():
-            table = trial.candidate.table.rsplit(".", 1)[-1]
+            table = trial.candidate.table
             scanned = [
                 i for i in trial.proposed_by if any(n.is_seq_scan for n in i.plan.scans(table))
             ]

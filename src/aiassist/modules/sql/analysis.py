@@ -87,9 +87,7 @@ def analyze(
                 row.error = str(exc)
             else:
                 row.cost = plan.total_cost
-                row.seq_scans = sorted(
-                    {n.relation for n in plan.nodes if n.is_seq_scan and n.relation}
-                )
+                row.seq_scans = plan.seq_scanned()
                 explained.append(Explained(group, shape, plan))
                 findings.extend(statement_findings(group, shape, plan, catalog))
         if progress is not None:
@@ -142,9 +140,8 @@ def _scanned_by(findings: list[Finding], explained: list[Explained]) -> None:
     for finding in findings:
         if finding.pattern != "stale_statistics":
             continue
-        table = finding.table.rsplit(".", 1)[-1]
         for item in explained:
-            scans = item.plan.scans(table)
+            scans = item.plan.scans(finding.table)
             if scans:
                 if len(finding.evidence) < 3:
                     finding.evidence.append(scans[0].line())

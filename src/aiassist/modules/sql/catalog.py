@@ -10,7 +10,13 @@ from typing import Any
 
 import psycopg
 
-__all__ = ["Catalog", "ForeignKey", "Index", "Table", "bare_key"]
+__all__ = ["Catalog", "ForeignKey", "Index", "Table", "bare_key", "has_extension"]
+
+
+def has_extension(conn: psycopg.Connection[tuple[Any, ...]], name: str) -> bool:
+    """Whether the extension is installed in the connection's database."""
+    found = conn.execute("select 1 from pg_extension where extname = %s", (name,)).fetchone()
+    return found is not None
 
 
 def bare_key(key: str) -> str:
@@ -64,6 +70,11 @@ class Table:
     columns: dict[str, str] = field(default_factory=dict)  # name -> type
     indexes: list[Index] = field(default_factory=list)
     foreign_keys: list[ForeignKey] = field(default_factory=list)
+
+    @property
+    def rows(self) -> float:
+        """Rows as best known: a statistics reset zeroes n_live_tup, ANALYZE sets reltuples."""
+        return max(self.estimated_rows, self.live_rows)
 
     @property
     def qualified(self) -> str:

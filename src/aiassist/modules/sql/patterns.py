@@ -33,7 +33,7 @@ def statement_findings(
     for predicate in shape.predicates:
         table = tables[predicate.column.table]
         scan = _seq_scan(plan, table) or _by_later_key(plan, table, predicate.column.name)
-        if scan is None or _rows(table) < MIN_ROWS:
+        if scan is None or table.rows < MIN_ROWS:
             continue
         asked = {p.column.name for p in shape.predicates if p.column.table == table.qualified}
         finding = _predicate_finding(predicate, table, scan, asked)
@@ -193,7 +193,7 @@ def _sort_finding(
         return
     table = tables[names.pop()]
     scan = _seq_scan(plan, table)
-    if scan is None or _rows(table) < MIN_ROWS:
+    if scan is None or table.rows < MIN_ROWS:
         return
     columns = [c.name for c in shape.sort]
     yield Finding(
@@ -211,7 +211,7 @@ def _sort_finding(
 
 def _stale(table: Table) -> Finding | None:
     rows = max(table.estimated_rows, 0.0)
-    if _rows(table) < MIN_ROWS:
+    if table.rows < MIN_ROWS:
         return None
     changed = table.modified_since_analyze
     # a statistics reset zeroes n_live_tup: then only the changes since count
@@ -240,7 +240,7 @@ def catalog_findings(catalog: Catalog) -> Iterator[Finding]:
         if stale is not None:
             yield stale
         for index in table.indexes:
-            if index.scans == 0 and not (index.unique or index.constraint) and _rows(table):
+            if index.scans == 0 and not (index.unique or index.constraint) and table.rows:
                 yield Finding(
                     pattern="unused_index",
                     table=table.qualified,
@@ -284,8 +284,3 @@ def _seq_scan(plan: Plan, table: Table) -> PlanNode | None:
 
 def _has_expression(table: Table, predicate: Predicate) -> bool:
     return table.has_index([f"({predicate.expression})"])
-
-
-def _rows(table: Table) -> float:
-    """Rows as best known: a statistics reset zeroes n_live_tup, ANALYZE sets reltuples."""
-    return max(table.estimated_rows, table.live_rows)

@@ -90,8 +90,14 @@ class Plan:
         root = document[0]["Plan"]
         return cls(float(root["Total Cost"]), tuple(_walk(root, 0)), "Actual Rows" in root)
 
-    def scans(self, relation: str) -> list[PlanNode]:
-        return [n for n in self.nodes if n.relation == relation]
+    def scans(self, table: str) -> list[PlanNode]:
+        """The nodes that read `table` (its name, schema-qualified or not)."""
+        name = table.rpartition(".")[2]
+        return [n for n in self.nodes if n.relation == name]
+
+    def seq_scanned(self) -> list[str]:
+        """The tables the plan reads whole."""
+        return sorted({n.relation for n in self.nodes if n.is_seq_scan and n.relation})
 
     def text(self) -> str:
         return "\n".join("  " * n.depth + ("-> " if n.depth else "") + n.line() for n in self.nodes)

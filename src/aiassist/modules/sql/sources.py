@@ -11,12 +11,15 @@ from typing import Any
 import pglast
 import psycopg
 
+from aiassist.modules.sql.catalog import has_extension
+
 __all__ = [
     "SourceError",
     "Statement",
     "from_log",
     "from_pg_stat_statements",
     "from_queries",
+    "require_pg_stat_statements",
 ]
 
 
@@ -44,17 +47,22 @@ def from_pg_stat_statements(
     conn: psycopg.Connection[tuple[Any, ...]], limit: int = 10_000
 ) -> list[Statement]:
     """The database's statements, most total time first (normalised, with `$n`)."""
-    if conn.execute("select 1 from pg_extension where extname = 'pg_stat_statements'").fetchone():
-        try:
-            rows = conn.execute(_PG_STAT_STATEMENTS, (limit,)).fetchall()
-        except psycopg.Error as exc:
-            raise SourceError(f"pg_stat_statements cannot be read: {exc}".strip()) from None
-        return [Statement(str(q), int(c), float(t)) for q, c, t in rows]
-    raise SourceError(
-        "pg_stat_statements is not installed in this database: add it to "
-        "shared_preload_libraries and run CREATE EXTENSION pg_stat_statements, or analyse "
-        "a server log (--log) or a list of queries (--queries)"
-    )
+    require_pg_stat_statements(conn)
+    try:
+        rows = conn.execute(_PG_STAT_STATEMENTS, (limit,)).fetchall()
+    except psycopg.Error as exc:
+        raise SourceError(f"pg_stat_statements cannot be read: {exc}".strip()) from None
+    return [Statement(str(q), int(c), float(t)) for q, c, t in rows]
+
+
+def require_pg_stat_statements(conn: psycopg.Connection[tuple[Any, ...]]) -> None:
+    """A `SourceError` saying how to install it when the database lacks it."""
+    if not has_extension(conn, "pg_stat_statements"):
+        raise SourceError(
+            "pg_stat_statements is not installed in this database: add it to "
+            "shared_preload_libraries and run CREATE EXTENSION pg_stat_statements, or "
+            "analyse a server log (--log) or a list of queries (--queries)"
+        )
 
 
 # "... LOG:  duration: 12.345 ms  statement: SELECT ..." (log_min_duration_statement),

@@ -33,7 +33,7 @@ from aiassist.modules.sql.catalog import Catalog
 from aiassist.modules.sql.findings import Recommendation
 from aiassist.modules.sql.plan import Explainer, ExplainError
 from aiassist.modules.sql.shape import parse_shape
-from aiassist.modules.sql.sources import SourceError
+from aiassist.modules.sql.sources import require_pg_stat_statements
 
 __all__ = ["Alert", "Tracked", "Watch", "WatchState"]
 
@@ -133,10 +133,7 @@ class Watch:
 
     def check(self) -> list[Alert]:
         """One pass: the interval since the last, its alerts (sent), the state saved."""
-        if not self.conn.execute(
-            "select 1 from pg_extension where extname = 'pg_stat_statements'"
-        ).fetchone():
-            raise SourceError("pg_stat_statements is not installed in this database")
+        require_pg_stat_statements(self.conn)
         rows = {
             str(q): (str(text), int(c), float(t)) for q, text, c, t in self.conn.execute(_SNAPSHOT)
         }
@@ -150,6 +147,7 @@ class Watch:
         interval_ms = sum(max(t, 0.0) for _, t in deltas.values()) or 1.0
         alerts: list[Alert] = []
         first_pass = not self.state.snapshot
+        catalog: Catalog | None = None  # read once a pass, and only if an alert or index needs it
         for q, (calls, total) in deltas.items():
             if calls < self.min_calls:
                 continue
@@ -161,17 +159,19 @@ class Watch:
             )
             new = base is None and not first_pass and share >= self.new_share
             if regressed or new:
+                catalog = catalog or Catalog.read(self.conn)
                 alerts.append(Alert(
                     "sql.regression" if regressed else "sql.new_expensive_query", q,
                     rows[q][0][:2000], calls, round(mean, 3),
                     None if base is None else round(base, 3), round(share, 4),
-                    self._seq_scans(rows[q][0]),
+                    self._seq_scans(rows[q][0], catalog),
                 ))  # fmt: skip
             if not regressed:  # a regression is not learnt as the new normal
                 self.state.baseline_ms[q] = (
                     mean if base is None else base + self.alpha * (mean - base)
                 )
-        self._follow(rows, deltas)
+        if self.state.tracked:
+            self._follow(rows, deltas, catalog or Catalog.read(self.conn))
         self.state.snapshot = {q: (c, t) for q, (_, c, t) in rows.items()}
         self.state.save(self.state_path)
         for alert in alerts:
@@ -187,14 +187,14 @@ class Watch:
         return alerts
 
     def _follow(
-        self, rows: dict[str, tuple[str, int, float]], deltas: dict[str, tuple[int, float]]
+        self,
+        rows: dict[str, tuple[str, int, float]],
+        deltas: dict[str, tuple[int, float]],
+        catalog: Catalog,
     ) -> None:
         """An advised index that now exists: its queries' baseline is the latency before; the
         first later interval with enough calls gives the latency after, recorded as the
         decision's outcome."""
-        if not self.state.tracked:
-            return
-        catalog = Catalog.read(self.conn)
         by_group: dict[str, list[str]] = {}
         for q, (text, _, _) in rows.items():
             try:
@@ -226,12 +226,11 @@ class Watch:
             log.info("sql: index on %s %s: %s", t.table, t.keys, outcome)
         self.state.tracked = still
 
-    def _seq_scans(self, query: str) -> list[str]:
-        shape = parse_shape(query, Catalog.read(self.conn))
+    def _seq_scans(self, query: str, catalog: Catalog) -> list[str]:
+        shape = parse_shape(query, catalog)
         if shape is None:
             return []
         try:
-            plan = self.explainer.explain(query, shape.parameters)
+            return self.explainer.explain(query, shape.parameters).seq_scanned()
         except ExplainError:
             return []
-        return sorted({n.relation for n in plan.nodes if n.is_seq_scan and n.relation})
