@@ -21,6 +21,9 @@ from .conftest import free_port, wait_for, wait_healthy
 
 ROOT = Path(__file__).resolve().parent.parent
 runner = CliRunner()
+#: `aiassist up` bootstraps every module's first model; a tenth of the default rows is enough
+#: to see the service swap one in.
+SMALL_BOOTSTRAP = {"AIASSIST_BOOTSTRAP_ROWS": "2000"}
 
 
 @pytest.fixture
@@ -96,7 +99,7 @@ def test_up_serves_on_sqlite_with_an_admin_key(tmp_path: Path) -> None:
     port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "aiassist", "up", "--port", str(port), "--no-demo"],
-        env=os.environ | {"AIASSIST_DATA_DIR": str(tmp_path), "COLUMNS": "200"},
+        env=os.environ | {"AIASSIST_DATA_DIR": str(tmp_path), "COLUMNS": "200", **SMALL_BOOTSTRAP},
         stdout=subprocess.PIPE,
         text=True,
     )
@@ -136,7 +139,7 @@ def test_up_runs_the_example_backend_with_its_flows(tmp_path: Path) -> None:
         [sys.executable, "-m", "aiassist", "up", "--port", str(port), "--backend-port",
          str(backend), "--mail-port", str(sink), "--inbound-mail-port", str(inbound)],
         env={k: v for k, v in os.environ.items() if not k.startswith("AIASSIST_")}
-        | {"AIASSIST_DATA_DIR": str(tmp_path), "COLUMNS": "200"},
+        | {"AIASSIST_DATA_DIR": str(tmp_path), "COLUMNS": "200", **SMALL_BOOTSTRAP},
         cwd=ROOT,
         stdout=subprocess.PIPE,
         text=True,

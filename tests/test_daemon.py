@@ -3,6 +3,7 @@ bootstrap from the simulator, retrain from outcomes, promote or reject on held-o
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -11,6 +12,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import httpx
 import numpy as np
@@ -346,11 +348,40 @@ def test_cli_train_and_models(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
 
 
 def test_a_stop_ends_a_pass_between_modules(daemon: Daemon) -> None:
-    """SIGTERM sets the stop; the pass ends before the next module instead of training it."""
+    """A stop asked for ends the pass before the next module instead of training it."""
     stop = threading.Event()
     stop.set()
     assert daemon.daemon.run_once(stop=stop) == []
     assert daemon.registry.versions(NAME) == []
+
+
+def test_the_daemon_stops_at_once_in_the_middle_of_a_training(tmp_path: Path) -> None:
+    """SIGTERM does not wait for a bootstrap that takes minutes, and leaves no version half
+    written: the training is redone on the next start."""
+    env = os.environ | {
+        "AIASSIST_DATA_DIR": str(tmp_path),
+        "AIASSIST_DAEMON_METRICS_PORT": "0",
+        "AIASSIST_BOOTSTRAP_ROWS": "5000000",
+    }
+    env.pop("AIASSIST_DATABASE_URL", None)
+    child = subprocess.Popen(
+        [sys.executable, "-m", "aiassist", "daemon"], env=env, stderr=subprocess.PIPE, text=True
+    )
+    assert child.stderr is not None
+    started = threading.Event()
+
+    def watch(lines: IO[str]) -> None:
+        for line in lines:  # the pass starts right after this line
+            if "model daemon watching" in line:
+                started.set()
+
+    threading.Thread(target=watch, args=(child.stderr,), daemon=True).start()
+    try:
+        assert started.wait(60), "the daemon did not start"
+    finally:
+        child.terminate()
+    assert child.wait(10) == 0
+    assert all(ModelRegistry(tmp_path / "models").versions(m) == [] for m in ("bot", NAME))
 
 
 def test_up_kills_a_daemon_that_outlives_its_grace() -> None:

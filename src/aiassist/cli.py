@@ -4,6 +4,7 @@ commands each module brings."""
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
 import secrets
 import signal
@@ -229,7 +230,7 @@ def _stop_child(child: subprocess.Popen[bytes], grace: float = 15) -> None:
 
 
 def _exit_cleanly(signum: int, frame: FrameType | None) -> None:
-    """uvicorn re-raises the SIGTERM it stopped on; end through `finally`, children and all."""
+    """End through `finally`, children and all (uvicorn re-raises the SIGTERM it stopped on)."""
     raise SystemExit(0)
 
 
@@ -463,6 +464,9 @@ def daemon(
 ) -> None:
     """The model daemon: retrain from outcomes, validate, promote or reject, forever."""
     settings = _settings()
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     model_daemon = _daemon(settings)
     if once:
         for result in model_daemon.run_once():
@@ -484,10 +488,11 @@ def daemon(
                 f"[yellow]daemon metrics not served on :{settings.daemon_metrics_port}: "
                 f"{exc}[/yellow]"
             )
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
-    model_daemon.run_forever(stop)
+    # Stop at once, mid-training too: versions and tags are written atomically, and a training
+    # cut short is redone on the next pass.
+    signal.signal(signal.SIGTERM, _exit_cleanly)
+    signal.signal(signal.SIGINT, _exit_cleanly)
+    model_daemon.run_forever(threading.Event())
 
 
 @app.command("settings")

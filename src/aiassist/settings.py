@@ -168,6 +168,12 @@ class Settings(_FromConfig):
     min_train_rows: int = Field(
         50, ge=2, le=10_000_000, description="Fewest examples the daemon trains on."
     )
+    bootstrap_rows: int = Field(
+        20_000,
+        ge=100,
+        le=5_000_000,
+        description="Simulated examples a module with no model yet is first trained on.",
+    )
     holdout_fraction: float = Field(
         0.2, gt=0, lt=1, description="Newest share of the data held out to judge a candidate."
     )

@@ -120,7 +120,12 @@ class ModelDaemon:
             now - state.get("last_trained_at", 0) >= self.settings.retrain_interval_seconds
         )
         if self.registry.resolve(name, "stable") is None and not self.registry.versions(name):
-            return self.train(name, synthetic=True, reason="bootstrap: no model yet")
+            return self.train(
+                name,
+                synthetic=True,
+                rows=self.settings.bootstrap_rows,
+                reason="bootstrap: no model yet",
+            )
         if new >= self.settings.retrain_min_outcomes or (due_by_schedule and new > 0):
             return self.train(name, reason=f"{new} new outcomes")
         waiting = f"{new} new outcomes, waiting for {self.settings.retrain_min_outcomes}"
