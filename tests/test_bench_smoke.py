@@ -143,6 +143,15 @@ def check_cache(result: dict[str, Any]) -> None:
             assert all(0 <= r["hit_rate"] <= 1 and r["reads"] > 0 for r in runs.values())
 
 
+def check_anomaly(result: dict[str, Any]) -> None:
+    methods = {"novelty", "pca", "invariants", "rule", "model"}
+    assert set(result["results"]) == {"Apache", "HDFS", "Linux", "OpenSSH", "Thunderbird"}
+    for source in result["results"].values():
+        assert set(source["methods"]) == methods and 0 < source["faults"] < source["windows"]
+        assert all(0 <= m["f1"] <= 1 for m in source["methods"].values())
+    assert result["speed"]["lines"] == 10_000
+
+
 CHECKS = {
     "latency": check_latency,
     "swap": check_swap,
@@ -154,6 +163,7 @@ CHECKS = {
     "bot": check_bot,
     "sql": check_sql,
     "cache": check_cache,
+    "anomaly": check_anomaly,
 }
 #: what these measure on PostgreSQL too (a complete results file has those rows)
 ON_POSTGRES = {"agent_overhead", "audit", "sql"}

@@ -1,0 +1,98 @@
+"""Lines in, scored windows out: the one object the handler, the tailer and the API share.
+
+Each full window is scored (by the model when one serves, else the rule, through
+`AIAssistService`) with its root-cause hints; a window that is not anomalous is then learned
+into the baseline, so that normal keeps up with the log while an incident never becomes
+normal. The first `warmup_windows` are learned without being judged. With a state directory
+the templates (Drain3's snapshot) and the baseline survive a restart.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pydantic import BaseModel, Field, computed_field
+
+from aiassist.modules.anomaly import AnomalyDecision, AnomalyFeatures, AnomalySettings, module
+from aiassist.modules.anomaly.baseline import Baseline, Window
+from aiassist.modules.anomaly.lines import LogLine, parse_line
+from aiassist.modules.anomaly.miner import Templates
+
+__all__ = ["Decide", "LogDetector", "ScoredWindow"]
+
+Decide = Callable[[AnomalyFeatures], AnomalyDecision]
+
+
+def _service_decide(features: AnomalyFeatures) -> AnomalyDecision:
+    from aiassist.sdk.service import AIAssistService
+
+    return AIAssistService.instance().decide(module, features, record=False)
+
+
+class ScoredWindow(BaseModel):
+    first_line: int = Field(description="Number (from 1) of the window's first good line.")
+    lines: int = Field(description="Good lines in the window.")
+    decision: AnomalyDecision
+    warming_up: bool = Field(description="Still learning the log: judged, never alerted.")
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def alert(self) -> bool:
+        return self.decision.anomalous and not self.warming_up
+
+
+@dataclass
+class LogDetector:
+    settings: AnomalySettings = field(default_factory=lambda: module.config)
+    state_dir: Path | None = None
+    decide: Decide = _service_decide
+    warmup_windows: int = 10
+    bad_lines: int = 0
+    good_lines: int = 0
+
+    def __post_init__(self) -> None:
+        state = self.state_dir
+        self.templates = Templates(
+            state / "templates.bin" if state else None, self.settings.similarity
+        )
+        self.baseline = Baseline.load(state / "baseline.json") if state else Baseline()
+        self._lines: list[LogLine] = []
+        self._ids: list[int] = []
+
+    def feed(self, raw: str | bytes) -> ScoredWindow | None:
+        """Take one line; the scored window when this line completes one."""
+        line = parse_line(raw, self.settings.max_line_bytes)
+        if line is None:
+            self.bad_lines += 1
+            return None
+        self.good_lines += 1
+        self._lines.append(line)
+        self._ids.append(self.templates.add(line.message))
+        if len(self._lines) < self.settings.window_lines:
+            return None
+        window = Window(self._lines, self._ids)
+        self._lines, self._ids = [], []
+        return self.judge(window)
+
+    def judge(self, window: Window) -> ScoredWindow:
+        """Score a window with its hints, then learn it if it looks normal."""
+        warming_up = self.baseline.windows < self.warmup_windows
+        decision = self.decide(self.baseline.features(window))
+        hints = self.baseline.hints(window)
+        for hint in hints:
+            if "template" in hint.kind:
+                hint.name = self.templates.template(int(hint.name))[:500]
+        decision.hints = hints
+        scored = ScoredWindow(
+            first_line=self.good_lines - len(window.lines) + 1,
+            lines=len(window.lines),
+            decision=decision,
+            warming_up=warming_up,
+        )
+        if warming_up or not decision.anomalous:
+            self.baseline.learn(window)
+            if self.state_dir is not None:
+                self.baseline.save(self.state_dir / "baseline.json")
+        return scored

@@ -1,0 +1,150 @@
+"""The anomaly module on real Loghub samples: templates, windows, hints, handler, API, CLI."""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+from aiassist.modules.anomaly import AnomalyDecision, AnomalyFeatures, AnomalySettings, module
+from aiassist.modules.anomaly.detector import Decide, LogDetector
+from aiassist.modules.anomaly.faults import inject
+from aiassist.modules.anomaly.handler import AnomalyHandler
+from aiassist.modules.anomaly.lines import parse_line
+
+from .conftest import scoped_service
+
+LOGHUB = Path(__file__).resolve().parents[2] / "shared" / "data" / "loghub"
+GARBAGE: list[bytes] = [
+    b"\x00\x01\x02\xff\xfe binary",
+    b"\xc3\x28 not utf-8",
+    b"   ",
+    b"x" * 20_000,
+]
+
+
+def lines(source: str) -> list[str]:
+    return (LOGHUB / f"{source}_2k.log").read_text().splitlines()
+
+
+def rule_detector(state_dir: Path | None = None, decide: Decide = module.fallback) -> LogDetector:
+    """Windows of 50 lines scored by the rule (no model in these tests)."""
+    return LogDetector(AnomalySettings(window_lines=50), state_dir, decide)
+
+
+def test_bad_lines_and_binary_garbage_are_counted_not_fatal() -> None:
+    detector = rule_detector()
+    real = lines("OpenSSH")[:500]
+    for i, line in enumerate(real):
+        detector.feed(line)
+        if i % 50 == 0:
+            for junk in GARBAGE:
+                assert detector.feed(junk) is None
+    assert detector.bad_lines == 10 * len(GARBAGE)
+    assert detector.good_lines == 500 and detector.baseline.windows == 10
+    assert parse_line("sshd[1]: Accepted password") is not None
+    assert parse_line("line\x00with nul") is None
+
+
+def test_templates_and_baseline_survive_a_restart(tmp_path: Path) -> None:
+    log = lines("HDFS")
+    first = rule_detector(state_dir=tmp_path)
+    ids = [first.templates.add(parse_line(line).message) for line in log[:5]]  # type: ignore[union-attr]
+    for line in log[:1000]:
+        first.feed(line)
+    learned = first.baseline
+    again = rule_detector(state_dir=tmp_path)
+    assert [again.templates.match(parse_line(line).message) for line in log[:5]] == ids  # type: ignore[union-attr]
+    assert len(again.templates) == len(first.templates) > 5
+    assert again.baseline.windows == learned.windows >= 15  # anomalous windows are not learned
+    assert again.baseline.templates == learned.templates
+    # what the restarted detector says of the next window is what the first one would say
+    window = log[1000:1050]
+    a, b = ([d.feed(line) for line in window][-1] for d in (first, again))
+    assert a is not None and b is not None
+    assert (a.decision.score, a.decision.hints) == (b.decision.score, b.decision.hints)
+
+
+def test_a_spliced_fault_alerts_with_its_root_cause() -> None:
+    """Real OpenSSH lines, then a window into which HDFS lines and a crash are spliced."""
+    log, donor = lines("OpenSSH"), lines("HDFS")
+    detector = rule_detector()
+    for line in log[:1000]:
+        detector.feed(line)
+    rng = np.random.default_rng(7)
+    fault = inject("new_templates", log[1000:1050], log[:1000], donor, rng)
+    [scored] = [w for line in fault.lines if (w := detector.feed(line)) is not None]
+    assert scored.alert and scored.decision.source == "fallback"
+    components = {h.component for h in scored.decision.hints}
+    assert parse_line(fault.line or "").component in components  # type: ignore[union-attr]
+    assert all(h.evidence for h in scored.decision.hints if h.kind != "missing template")
+
+
+def test_the_handler_never_blocks_the_app_and_counts_what_it_drops() -> None:
+    """Scoring is stuck; 5,000 records still log at once, past the queue they are dropped."""
+    release = threading.Event()
+
+    def stuck(features: AnomalyFeatures) -> AnomalyDecision:
+        release.wait()
+        return module.fallback(features)
+
+    alerts = []
+    handler = AnomalyHandler(rule_detector(decide=stuck), queue_size=100, on_alert=alerts.append)
+    app_log = logging.getLogger("test.app")
+    app_log.addHandler(handler)
+    app_log.propagate = False
+    try:
+        for line in (lines("Linux") * 3)[:5000]:
+            app_log.warning(line)  # returns at once although nothing is being scored
+        assert handler.dropped > 0
+        release.set()
+        handler.flush()
+        scored_lines = handler.detector.good_lines + handler.detector.bad_lines
+        assert scored_lines + handler.dropped == 5000
+        assert handler.windows == handler.detector.good_lines // 50
+    finally:
+        app_log.removeHandler(handler)
+        handler.close()
+
+
+def test_the_service_scores_lines_per_source_and_keeps_them(tmp_path: Path) -> None:
+    log = lines("Apache")
+    with scoped_service(tmp_path, AIASSIST_ANOMALY_WINDOW_LINES="50") as service:
+        url = f"{service.process.url}/v1/anomaly/logs"
+        headers = service.headers("decide")
+        body = {"source": "apache", "lines": [*log[:120], "\x00\x01"]}
+        answer = httpx.post(url, json=body, headers=headers, timeout=30)
+        assert answer.status_code == 200, answer.text
+        result = answer.json()
+        assert result["accepted"] == 120 and result["bad_lines"] == 1
+        assert [w["first_line"] for w in result["windows"]] == [1, 51]
+        assert all(w["warming_up"] and not w["alert"] for w in result["windows"])
+        more = httpx.post(url, json={"source": "apache", "lines": log[120:200]}, headers=headers)
+        assert [w["first_line"] for w in more.json()["windows"]] == [101, 151]
+        assert httpx.post(url, json=body).status_code == 401
+        assert httpx.post(url, json=body, headers=service.headers("outcome")).status_code == 403
+        for bad in ({"source": "../etc", "lines": ["a"]}, {"lines": []}, {"lines": "a"}):
+            assert httpx.post(url, json=bad, headers=headers).status_code == 422
+    assert (tmp_path / "anomaly" / "apache" / "baseline.json").exists()
+
+
+def test_tail_prints_the_anomalous_window_and_the_counts(tmp_path: Path) -> None:
+    log, donor = lines("OpenSSH"), lines("Thunderbird")
+    path = tmp_path / "app.log"
+    path.write_bytes(
+        "\n".join([*log[:1000], *donor[:60], *log[1000:1100]]).encode() + b"\n\xff\xfe\n"
+    )
+    env = {"AIASSIST_ANOMALY_WINDOW_LINES": "50", "AIASSIST_DATA_DIR": str(tmp_path)}
+    done = subprocess.run(
+        [str(Path(sys.executable).with_name("aiassist")), "anomaly", "tail", str(path),
+         "--from-start", "--no-follow"],
+        capture_output=True, text=True, timeout=120, env={"PATH": "/usr/bin:/bin", **env},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "anomaly lines 1001-1050" in done.stdout
+    assert "1160 lines, 1 bad" in done.stdout
