@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import re
 import subprocess
 import sys
 import threading
@@ -148,3 +150,16 @@ def test_tail_prints_the_anomalous_window_and_the_counts(tmp_path: Path) -> None
     assert done.returncode == 0, done.stderr
     assert "anomaly lines 1001-1050" in done.stdout
     assert "1160 lines, 1 bad" in done.stdout
+
+
+def test_the_documented_handler_example_runs(tmp_path: Path) -> None:
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "modules.md").read_text()
+    [example] = [
+        b for b in re.findall(r"```python\n(.*?)```", doc, flags=re.S) if "AnomalyHandler" in b
+    ]
+    done = subprocess.run(
+        [sys.executable, "-c", example], capture_output=True, text=True, timeout=60,
+        env=os.environ | {"AIASSIST_DATA_DIR": str(tmp_path), "AIASSIST_MODE": "local"},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "3 windows scored, 0 records dropped" in done.stdout
