@@ -30,6 +30,10 @@ import numpy as np
 
 MODULE = "reference"
 RESULTS = Path(__file__).with_name("results")
+#: The shared real data (../shared/data beside the checkout, or AIASSIST_SHARED_DATA).
+SHARED_DATA = Path(
+    os.environ.get("AIASSIST_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data")
+)
 
 
 # --- statistics and inputs -----------------------------------------------------------------

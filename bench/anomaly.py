@@ -3,7 +3,8 @@
     python bench/anomaly.py            # about a minute: bench/results/anomaly.json
     python bench/anomaly.py --quick    # fewer seeds, a few seconds
 
-The logs are the five 2,000-line Loghub samples in ../shared/data/loghub/ (Apache, HDFS,
+The logs are the five 2,000-line Loghub samples in ../shared/data/loghub/ (or under
+$AIASSIST_SHARED_DATA; Apache, HDFS,
 Linux, OpenSSH, Thunderbird; real, unlabelled). Each is cut into windows of `--window`
 lines; the first `--history` windows are the normal past every method learns from. In each
 later window, with probability one half, one fault of `aiassist.modules.anomaly.faults` is
@@ -34,7 +35,6 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import lightgbm as lgb
@@ -42,7 +42,7 @@ import numpy as np
 from scipy.stats import norm
 from sklearn.decomposition import PCA
 
-from _common import goal, machine_info, parse_args, write_results
+from _common import SHARED_DATA, goal, machine_info, parse_args, write_results
 from aiassist.modules.anomaly import AnomalyFeatures, AnomalySettings, module, rule_score
 from aiassist.modules.anomaly.baseline import Baseline, Window
 from aiassist.modules.anomaly.detector import LogDetector
@@ -50,7 +50,7 @@ from aiassist.modules.anomaly.faults import KINDS, Fault, inject
 from aiassist.modules.anomaly.lines import parse_line
 from aiassist.modules.anomaly.miner import Templates
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "loghub"
+DATA = SHARED_DATA / "loghub"
 SOURCES = ("Apache", "HDFS", "Linux", "OpenSSH", "Thunderbird")
 METHODS = ("novelty", "pca", "invariants", "rule", "model")
 ROOT_CAUSE_GOAL = 0.8

@@ -21,7 +21,15 @@ from aiassist.modules.anomaly.lines import parse_line
 
 from .conftest import scoped_service
 
-LOGHUB = Path(__file__).resolve().parents[2] / "shared" / "data" / "loghub"
+#: The shared real data: ../shared/data beside the checkout, or AIASSIST_SHARED_DATA.
+LOGHUB = (
+    Path(
+        os.environ.get(
+            "AIASSIST_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"
+        )
+    )
+    / "loghub"
+)
 GARBAGE: list[bytes] = [
     b"\x00\x01\x02\xff\xfe binary",
     b"\xc3\x28 not utf-8",
