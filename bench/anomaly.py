@@ -155,9 +155,19 @@ def _root_found(fault: Fault, past: Past, window: Window) -> bool:
 
 
 def judge_source(
-    source: str, lines: list[str], donor: list[str], seed: int, args: Any
+    source: str,
+    lines: list[str],
+    donor: list[str],
+    seed: int,
+    args: Any,
+    model: lgb.LGBMClassifier | None = None,
 ) -> list[Judged]:
-    """Every later window of `source`, half with a fault, judged by the model-free methods."""
+    """Every later window of `source`, half with a fault, judged by every method.
+
+    The module's baseline keeps learning as the detector's does: each window the model
+    calls normal is learned (without a model, each window that holds no fault: the
+    training runs). The other methods keep what they learned from the past, as loglizer's
+    batch-trained detectors do."""
     rng = np.random.default_rng(seed)
     past = Past(lines, args.window, args.history)
     judged = []
@@ -178,6 +188,11 @@ def judge_source(
             "invariants": past.invariants.anomalous(counts),
             "rule": rule_score(features) >= module.config.threshold,
         }
+        if model is not None:
+            score = model.predict_proba(np.array([module.encode(features)]))[0, 1]
+            verdicts["model"] = bool(score >= module.config.threshold)
+        if not verdicts.get("model", fault is not None):
+            past.baseline.learn(window)
         root = _root_found(fault, past, window) if fault else None
         judged.append(Judged(source, fault, features, verdicts, root))
     return judged
@@ -231,28 +246,27 @@ def main() -> None:
     started = datetime.now(UTC)
     logs = {source: read(source) for source in SOURCES}
 
-    def runs(seeds: range) -> dict[str, list[Judged]]:
-        return {
-            source: [
-                j
-                for seed in seeds
-                for j in judge_source(
-                    source, logs[source], logs[SOURCES[(i + 1) % len(SOURCES)]], seed, args
-                )
-            ]
-            for i, source in enumerate(SOURCES)
-        }
+    def donor(i: int) -> list[str]:
+        return logs[SOURCES[(i + 1) % len(SOURCES)]]
 
-    test = runs(range(args.seed, args.seed + args.seeds))
-    train = runs(range(args.seed + 1000, args.seed + 1000 + args.seeds))
+    train_seeds = range(args.seed + 1000, args.seed + 1000 + args.seeds)
+    train = {
+        source: [
+            j
+            for seed in train_seeds
+            for j in judge_source(source, logs[source], donor(i), seed, args)
+        ]
+        for i, source in enumerate(SOURCES)
+    }
+    test: dict[str, list[Judged]] = {}
     results: dict[str, Any] = {}
-    for source in SOURCES:
-        others = [j for s in SOURCES if s != source for j in train[s]]
-        model = train_model(others, args.seed)
-        judged = test[source]
-        scores = model.predict_proba(np.array([module.encode(j.features) for j in judged]))[:, 1]
-        for j, score in zip(judged, scores, strict=True):
-            j.verdicts["model"] = bool(score >= 0.5)
+    for i, source in enumerate(SOURCES):
+        model = train_model([j for s in SOURCES if s != source for j in train[s]], args.seed)
+        test[source] = judged = [
+            j
+            for seed in range(args.seed, args.seed + args.seeds)
+            for j in judge_source(source, logs[source], donor(i), seed, args, model)
+        ]
         labels = [j.fault is not None for j in judged]
         found = [j.root_found for j in judged if j.fault is not None and j.verdicts["model"]]
         results[source] = {

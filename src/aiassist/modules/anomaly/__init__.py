@@ -35,8 +35,10 @@ __all__ = [
 
 log = logging.getLogger("aiassist.anomaly")
 _SURPRISE = Field(ge=0, le=300, description="-log10 of the Poisson probability (capped).")
-#: The surprise at which the rule's score is one half.
-HALF_SURPRISE = 8.0
+#: The surprise at which the rule's score is one half: a change with a probability of 0.001.
+HALF_SURPRISE = 3.0
+#: The share of a window's lines of unseen templates that counts as much.
+HALF_NEW_SHARE = 0.075
 
 
 class AnomalyFeatures(Features):
@@ -90,8 +92,10 @@ class AnomalyOutcome(Outcome):
 
 
 def rule_score(f: AnomalyFeatures) -> float:
-    """One half at HALF_SURPRISE of the most surprising change, towards 1 beyond it."""
-    surprise = max(f.burst_surprise, f.missing_surprise, f.component_surprise)
+    """One half at HALF_SURPRISE of the most surprising change (or at HALF_NEW_SHARE of
+    lines never seen), towards 1 beyond it."""
+    novelty = f.new_template_share / HALF_NEW_SHARE * HALF_SURPRISE
+    surprise = max(f.burst_surprise, f.missing_surprise, f.component_surprise, novelty)
     return 1 - math.exp(-surprise * math.log(2) / HALF_SURPRISE)
 
 

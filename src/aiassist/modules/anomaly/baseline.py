@@ -42,11 +42,21 @@ class Window:
     templates: list[int]
 
 
-def _surprise(count: int, rate: float) -> float:
-    """-log10 P(X = count) for X ~ Poisson(rate), for counts above the rate; else 0."""
+def _surprise(count: int, rate: float, spread: float = 1.0) -> float:
+    """-log10 P(X = count), for counts above the rate (else 0), where X has mean `rate`
+    and variance `spread x rate`: Poisson when the thing comes at an even pace (spread 1),
+    negative binomial when the log's own windows show it comes in bursts (spread > 1), so
+    that a burst the log often has is no surprise."""
     if count <= rate:
         return 0.0
-    log_p = count * math.log(rate) - rate - math.lgamma(count + 1)
+    if spread <= 1.0:
+        log_p = count * math.log(rate) - rate - math.lgamma(count + 1)
+    else:
+        r = rate / (spread - 1)  # NB(r, p) with mean rate and variance spread x rate
+        log_p = (
+            math.lgamma(count + r) - math.lgamma(r) - math.lgamma(count + 1)
+            + r * math.log(1 / spread) + count * math.log(1 - 1 / spread)
+        )  # fmt: skip
     return min(-log_p / math.log(10), MAX_SURPRISE)
 
 
@@ -63,15 +73,22 @@ class Baseline:
     templates: Counter[int] = field(default_factory=Counter)
     presence: Counter[int] = field(default_factory=Counter)
     components: Counter[str] = field(default_factory=Counter)
+    #: Sums over the learned windows of each template's and component's squared count.
+    template_squares: Counter[int] = field(default_factory=Counter)
+    component_squares: Counter[str] = field(default_factory=Counter)
     owners: dict[int, str] = field(default_factory=dict)  # template -> its component
 
     def learn(self, window: Window) -> None:
         self.lines += len(window.lines)
         self.windows += 1
         self.errors += sum(line.is_error for line in window.lines)
-        self.templates.update(window.templates)
-        self.presence.update(set(window.templates))
-        self.components.update(line.component for line in window.lines)
+        templates = Counter(window.templates)
+        components = Counter(line.component for line in window.lines)
+        self.templates.update(templates)
+        self.presence.update(templates.keys())
+        self.components.update(components)
+        self.template_squares.update({t: k * k for t, k in templates.items()})
+        self.component_squares.update({c: k * k for c, k in components.items()})
         for line, t in zip(window.lines, window.templates, strict=True):
             self.owners.setdefault(t, line.component)
 
@@ -80,20 +97,34 @@ class Baseline:
         line of prior, so that the unseen have a small rate rather than none)."""
         return (count + 0.5) / (self.lines + 1) * n
 
+    def _spread(self, total: int, squares: int) -> float:
+        """Variance over mean of a thing's count a window, over the learned windows (1, a
+        Poisson's, until there are enough windows to tell)."""
+        if self.windows < 5 or total == 0:
+            return 1.0
+        mean = total / self.windows
+        return max(squares / self.windows - mean * mean, 0.0) / mean
+
+    def _template_surprise(self, t: int, k: int, n: int) -> float:
+        spread = self._spread(self.templates[t], self.template_squares[t])
+        return _surprise(k, self._rate(self.templates[t], n), spread)
+
+    def _component_surprise(self, c: str, k: int, n: int) -> float:
+        spread = self._spread(self.components[c], self.component_squares[c])
+        return _surprise(k, self._rate(self.components[c], n), spread)
+
     def features(self, window: Window) -> AnomalyFeatures:
         n = len(window.lines)
         counts = Counter(window.templates)
         components = Counter(line.component for line in window.lines)
         new = {t for t in counts if self.templates[t] == 0}
         regular = self._regular()
-        bursts = [_surprise(k, self._rate(self.templates[t], n)) for t, k in counts.items()]
+        bursts = [self._template_surprise(t, k, n) for t, k in counts.items()]
         missing = max(
             (_absence(self._rate(self.templates[t], n)) for t in regular if t not in counts),
             default=0.0,
         )
-        component_burst = max(
-            _surprise(k, self._rate(self.components[c], n)) for c, k in components.items()
-        )
+        component_burst = max(self._component_surprise(c, k, n) for c, k in components.items())
         errors = sum(line.is_error for line in window.lines)
         return AnomalyFeatures(
             lines=n,
@@ -125,7 +156,7 @@ class Baseline:
                 kind="new template" if self.templates[t] == 0 else "template burst",
                 name=str(t),
                 component=evidence[t].component[:100],
-                surprise=round(_surprise(k, self._rate(self.templates[t], n)), 2),
+                surprise=round(self._template_surprise(t, k, n), 2),
                 evidence=evidence[t].text[:300],
             )
             for t, k in counts.items()
@@ -149,7 +180,7 @@ class Baseline:
                 kind="new component" if self.components[c] == 0 else "component burst",
                 name=c[:500],
                 component=c[:100],
-                surprise=round(_surprise(k, self._rate(self.components[c], n)), 2),
+                surprise=round(self._component_surprise(c, k, n), 2),
                 evidence=by_component[c][:300],
             )
             for c, k in Counter(line.component for line in window.lines).items()
@@ -185,6 +216,8 @@ class Baseline:
             "templates": {str(k): v for k, v in self.templates.items()},
             "presence": {str(k): v for k, v in self.presence.items()},
             "components": dict(self.components),
+            "template_squares": {str(k): v for k, v in self.template_squares.items()},
+            "component_squares": dict(self.component_squares),
             "owners": {str(k): v for k, v in self.owners.items()},
         }
         tmp.write_text(json.dumps(state))
@@ -202,5 +235,9 @@ class Baseline:
             templates=Counter({int(k): v for k, v in state["templates"].items()}),
             presence=Counter({int(k): v for k, v in state["presence"].items()}),
             components=Counter(state["components"]),
+            template_squares=Counter(
+                {int(k): v for k, v in state.get("template_squares", {}).items()}
+            ),
+            component_squares=Counter(state.get("component_squares", {})),
             owners={int(k): v for k, v in state["owners"].items()},
         )

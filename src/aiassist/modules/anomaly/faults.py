@@ -74,7 +74,11 @@ def inject(
         lines = [line for i, line in enumerate(lines) if i not in drop][:size]
     elif len(lines) < size:
         start = int(rng.integers(max(len(history) - size, 1)))
-        filler = [line for line in history[start : start + size] if not (regular and regular(line))]
+        filler = [
+            line
+            for line in history[start : start + size]
+            if not (regular and regular(line)) and not _of(line, fault.component)
+        ]
         lines = lines + filler[: size - len(lines)]
     return Fault(fault.kind, lines, fault.component, fault.line)
 
@@ -131,6 +135,13 @@ def _splice(
         line for line in lines[half:] if (q := parse_line(line)) is None or q.component != component
     ]
     return Fault(kind, lines[:half] + [prefix + c for c in crash] + after, component=component)
+
+
+def _of(line: str, component: str | None) -> bool:
+    """Whether the line is of the component (a crashed one stays silent in the filler)."""
+    return (
+        component is not None and (p := parse_line(line)) is not None and p.component == component
+    )
 
 
 def _prefix(line: str) -> str:
