@@ -116,6 +116,7 @@ class AnomalyModule(Module[AnomalyFeatures, AnomalyDecision, AnomalyOutcome]):
     settings = AnomalySettings
     router = "aiassist.modules.anomaly.api:anomaly_router"
     cli = "aiassist.modules.anomaly.cli:app"
+    trainer = "aiassist.modules.anomaly.training:trainer"
 
     def __init__(self, settings: AnomalySettings | None = None) -> None:
         self._settings = settings

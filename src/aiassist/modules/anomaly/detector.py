@@ -48,7 +48,7 @@ class LogDetector:
     settings: AnomalySettings = field(default_factory=lambda: module.config)
     state_dir: Path | None = None
     decide: Decide = _service_decide
-    warmup_windows: int = 10
+    warmup_windows: int = 20  # as many as the trainer's history (training.HISTORY)
     bad_lines: int = 0
     good_lines: int = 0
 

@@ -49,22 +49,19 @@ def _redraw(text: str, rng: np.random.Generator) -> str:
     return _NUMBER.sub(lambda m: "".join(map(str, rng.integers(0, 10, len(m.group())))), text)
 
 
-def _parsed(lines: Sequence[str]) -> list[LogLine]:
-    return [p for p in map(parse_line, lines) if p is not None]
-
-
 def inject(
     kind: Kind,
     window: Sequence[str],
-    history: Sequence[str],
+    history: Sequence[LogLine],
     donor: Sequence[str],
     rng: np.random.Generator,
     regular: Callable[[str], bool] | None = None,
 ) -> Fault:
     """`window` with one fault of `kind`, as many lines long as it was (windows are cut by
     line count): lines a fault adds displace random lines of the window, lines it removes
-    are made up by the log's next normal lines. `history` is the log's normal past, `donor`
-    another log, and `regular` tells the lines of the log's most regular template."""
+    are made up by the log's next normal lines. `history` is the log's normal past (parsed
+    once by the caller), `donor` another log, and `regular` tells the lines of the log's
+    most regular template."""
     fault = _splice(kind, window, history, donor, rng, regular)
     lines, size = fault.lines, len(window)
     if len(lines) > size:
@@ -75,9 +72,9 @@ def inject(
     elif len(lines) < size:
         start = int(rng.integers(max(len(history) - size, 1)))
         filler = [
-            line
-            for line in history[start : start + size]
-            if not (regular and regular(line)) and not _of(line, fault.component)
+            p.text
+            for p in history[start : start + size]
+            if not (regular and regular(p.text)) and p.component != fault.component
         ]
         lines = lines + filler[: size - len(lines)]
     return Fault(fault.kind, lines, fault.component, fault.line)
@@ -86,20 +83,19 @@ def inject(
 def _splice(
     kind: Kind,
     window: Sequence[str],
-    history: Sequence[str],
+    history: Sequence[LogLine],
     donor: Sequence[str],
     rng: np.random.Generator,
     regular: Callable[[str], bool] | None,
 ) -> Fault:
     lines = list(window)
     if kind == "error_burst":
-        past = _parsed(history)
-        errors = [p.text for p in past if p.is_error]
+        errors = [p.text for p in history if p.is_error]
         if errors:
             chosen = errors[int(rng.integers(len(errors)))]
         else:  # no error level in this log: its rarest kind of line stands in
             by_component: dict[str, list[str]] = {}
-            for p in past:
+            for p in history:
                 by_component.setdefault(p.component, []).append(p.text)
             rare = min(by_component.values(), key=len)
             chosen = rare[int(rng.integers(len(rare)))]
@@ -117,7 +113,7 @@ def _splice(
         spliced = list(donor[start : start + count])
         at = int(rng.integers(len(lines) + 1))
         return Fault(kind, lines[:at] + spliced + lines[at:], line=spliced[0])
-    parsed = _parsed(lines)
+    parsed = [p for p in map(parse_line, lines) if p is not None]
     counts: dict[str, int] = {}
     for p in parsed:
         if p.component != "-":
@@ -135,13 +131,6 @@ def _splice(
         line for line in lines[half:] if (q := parse_line(line)) is None or q.component != component
     ]
     return Fault(kind, lines[:half] + [prefix + c for c in crash] + after, component=component)
-
-
-def _of(line: str, component: str | None) -> bool:
-    """Whether the line is of the component (a crashed one stays silent in the filler)."""
-    return (
-        component is not None and (p := parse_line(line)) is not None and p.component == component
-    )
 
 
 def _prefix(line: str) -> str:
