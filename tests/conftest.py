@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import shutil
@@ -14,6 +15,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -29,6 +31,7 @@ from aiassist.modules import AnyModule
 from aiassist.registry.store import ModelRegistry
 from aiassist.server import create_app
 from aiassist.settings import Settings
+from aiassist.signing import verify_signature
 from aiassist.store.audit import AuditLog
 from aiassist.store.db import make_engine, make_sessionmaker, upgrade
 from aiassist.store.keys import SCOPES, KeyStore
@@ -445,3 +448,45 @@ def redis_server(tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]
     yield url, proc
     proc.kill()
     proc.wait(10)
+
+
+# --- a real webhook receiver -----------------------------------------------------------------
+class Webhook:
+    """A local HTTP server that records signed alerts; it answers 503 to the first
+    `fail_first` posts, so the sender's retries are exercised."""
+
+    def __init__(self, secret: str, fail_first: int = 1) -> None:
+        self.alerts: list[dict[str, Any]] = []
+        self.attempts = 0
+        self.valid_signatures = True
+        hook = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["content-length"]))
+                hook.attempts += 1
+                if hook.attempts <= fail_first:
+                    self.send_response(503)
+                    self.end_headers()
+                    return
+                ok = verify_signature(
+                    secret,
+                    self.headers["x-aiassist-timestamp"],
+                    body,
+                    self.headers.get("x-aiassist-signature", ""),
+                )
+                hook.valid_signatures &= ok
+                hook.alerts.append(json.loads(body))
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hooks/alerts"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()

@@ -12,7 +12,9 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+from prometheus_client import CollectorRegistry
 
+from aiassist.metrics import Metrics
 from aiassist.modules.anomaly import AnomalyDecision, AnomalyFeatures, AnomalySettings, module
 from aiassist.modules.anomaly.detector import Decide, LogDetector
 from aiassist.modules.anomaly.faults import inject
@@ -20,8 +22,12 @@ from aiassist.modules.anomaly.handler import AnomalyHandler
 from aiassist.modules.anomaly.lines import parse_line
 from aiassist.registry.serving import load_checked
 from aiassist.settings import Settings
+from aiassist.store.audit import AuditLog
+from aiassist.store.db import make_engine, make_sessionmaker
 
-from .conftest import model_daemon, scoped_service
+from .conftest import Webhook, model_daemon, scoped_service, wait_for
+
+HOOK_SECRET = "anomaly-hook-secret"
 
 #: The shared real data: ../shared/data beside the checkout, or AIASSIST_SHARED_DATA.
 LOGHUB = (
@@ -107,7 +113,9 @@ def test_the_handler_never_blocks_the_app_and_counts_what_it_drops() -> None:
         return module.fallback(features)
 
     alerts = []
-    handler = AnomalyHandler(rule_detector(decide=stuck), queue_size=100, on_alert=alerts.append)
+    detector = rule_detector(decide=stuck)
+    detector.metrics = Metrics(CollectorRegistry())
+    handler = AnomalyHandler(detector, queue_size=100, on_alert=alerts.append)
     app_log = logging.getLogger("test.app")
     app_log.addHandler(handler)
     app_log.propagate = False
@@ -120,6 +128,10 @@ def test_the_handler_never_blocks_the_app_and_counts_what_it_drops() -> None:
         scored_lines = handler.detector.good_lines + handler.detector.bad_lines
         assert scored_lines + handler.dropped == 5000
         assert handler.windows == handler.detector.good_lines // 50
+        counted = detector.metrics.registry.get_sample_value(
+            "aiassist_anomaly_lines_total", {"source": "app", "outcome": "dropped"}
+        )
+        assert counted == handler.dropped  # and Prometheus sees the drops
     finally:
         app_log.removeHandler(handler)
         handler.close()
@@ -143,6 +155,9 @@ def test_the_service_scores_lines_per_source_and_keeps_them(tmp_path: Path) -> N
         assert httpx.post(url, json=body, headers=service.headers("outcome")).status_code == 403
         for bad in ({"source": "../etc", "lines": ["a"]}, {"lines": []}, {"lines": "a"}):
             assert httpx.post(url, json=bad, headers=headers).status_code == 422
+        metrics = httpx.get(f"{service.process.url}/metrics").text
+        assert 'aiassist_anomaly_lines_total{outcome="bad",source="apache"} 1.0' in metrics
+        assert 'aiassist_anomaly_lines_total{outcome="scored",source="apache"} 200.0' in metrics
     assert (tmp_path / "anomaly" / "apache" / "baseline.json").exists()
 
 
@@ -205,3 +220,62 @@ def test_the_daemon_bootstraps_a_model_from_generated_logs_that_finds_real_fault
     false_alarms = [w.decision.score for w in normal if w.alert]
     assert len(false_alarms) <= 1, false_alarms  # of 20 real windows, 10 past the warm-up
     assert fault.component in {h.component for h in scored.decision.hints}
+
+
+def test_an_alert_names_recent_changes_and_reaches_the_signed_webhook(tmp_path: Path) -> None:
+    """A model swap recorded in the audit trail, then lines of another log spliced into
+    real OpenSSH: the alerting window names the swap, and the signed webhook receives it."""
+    log, donor = lines("OpenSSH"), lines("HDFS")
+    hook = Webhook(HOOK_SECRET, fail_first=1)
+    env = {
+        "AIASSIST_ANOMALY_WINDOW_LINES": "50",
+        "AIASSIST_ANOMALY_WEBHOOK_URL": hook.url,
+        "AIASSIST_ANOMALY_WEBHOOK_SECRET": HOOK_SECRET,
+    }
+    try:
+        with scoped_service(tmp_path, **env) as service:
+            engine = make_engine(f"sqlite:///{tmp_path / 'aiassist.db'}")
+            AuditLog(make_sessionmaker(engine)).append(
+                "model.swapped", "bot/v0003", actor="service", data={"version": "v0003"}
+            )
+            engine.dispose()
+            url, headers = f"{service.process.url}/v1/anomaly/logs", service.headers("decide")
+            normal = httpx.post(url, json={"lines": log[:1000]}, headers=headers, timeout=60)
+            assert not any(w["alert"] for w in normal.json()["windows"])
+            history = [p for p in map(parse_line, log[:1000]) if p is not None]
+            fault = inject(
+                "new_templates", log[1000:1050], history, donor, np.random.default_rng(7)
+            )
+            answer = httpx.post(url, json={"lines": fault.lines}, headers=headers, timeout=60)
+            [window] = answer.json()["windows"]
+            assert window["alert"], window
+            assert [(c["kind"], c["subject"]) for c in window["changes"]] == [
+                ("model.swapped", "bot/v0003")
+            ]
+            wait_for(lambda: len(hook.alerts) == 1, 20, "the anomaly alert")
+    finally:
+        hook.close()
+    [alert] = hook.alerts
+    assert hook.valid_signatures and hook.attempts == 2  # retried after a 503
+    assert (alert["event"], alert["source"], alert["first_line"]) == ("anomaly.window", "app", 1001)
+    assert alert["changes"][0]["subject"] == "bot/v0003" and alert["decision"]["hints"]
+
+
+def test_report_charts_every_window_and_lists_the_alerts(tmp_path: Path) -> None:
+    log, donor = lines("OpenSSH"), lines("Thunderbird")
+    path = tmp_path / "app.log"
+    path.write_text("\n".join([*log[:1000], *donor[:60], *log[1000:1500]]) + "\n")
+    env = {"AIASSIST_ANOMALY_WINDOW_LINES": "50", "AIASSIST_DATA_DIR": str(tmp_path)}
+    for out in ("report.html", "report.md"):
+        done = subprocess.run(
+            [str(Path(sys.executable).with_name("aiassist")), "anomaly", "report", str(path),
+             "--out", str(tmp_path / out)],
+            capture_output=True, text=True, timeout=120, env={"PATH": "/usr/bin:/bin", **env},
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        assert "1560 lines, 0 bad, 31 windows" in done.stdout
+    page = (tmp_path / "report.html").read_text()
+    assert "<svg" in page and "Lines 1001-1050" in page and "new component" in page
+    markdown = (tmp_path / "report.md").read_text()
+    assert "![scores](report.svg)" in markdown and "### Lines 1001-1050" in markdown
+    assert (tmp_path / "report.svg").read_text().startswith("<?xml")

@@ -10,7 +10,6 @@ import random
 import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +29,6 @@ from aiassist.drift import (
     Observation,
     Profile,
     fields_of,
-    verify_signature,
 )
 from aiassist.drift.clients import ClientHints, client_identity
 from aiassist.integrations.asgi import DriftMiddleware
@@ -38,56 +36,14 @@ from aiassist.metrics import Metrics
 from aiassist.store.audit import AuditLog
 from aiassist.store.db import make_engine, make_sessionmaker
 
-from .conftest import LiveServer, Tokens, free_port, wait_for
+from .conftest import LiveServer, Tokens, Webhook, free_port, wait_for
 
 SECRET = "webhook-secret"
 
 
-# --- a real webhook receiver -----------------------------------------------------------------
-class Webhook:
-    """A local HTTP server that records signed alerts; it answers 503 to the first
-    `fail_first` posts, so the sender's retries are exercised."""
-
-    def __init__(self, fail_first: int = 1) -> None:
-        self.alerts: list[dict[str, Any]] = []
-        self.attempts = 0
-        self.valid_signatures = True
-        hook = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers["content-length"]))
-                hook.attempts += 1
-                if hook.attempts <= fail_first:
-                    self.send_response(503)
-                    self.end_headers()
-                    return
-                ok = verify_signature(
-                    SECRET,
-                    self.headers["x-aiassist-timestamp"],
-                    body,
-                    self.headers.get("x-aiassist-signature", ""),
-                )
-                hook.valid_signatures &= ok
-                hook.alerts.append(json.loads(body))
-                self.send_response(204)
-                self.end_headers()
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hooks/drift"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
 @pytest.fixture
 def webhook() -> Iterator[Webhook]:
-    hook = Webhook()
+    hook = Webhook(SECRET)
     yield hook
     hook.close()
 

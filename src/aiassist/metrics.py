@@ -130,6 +130,19 @@ class Metrics:
             ["outcome"],
             registry=registry,
         )
+        self.anomaly_lines = Counter(
+            "aiassist_anomaly_lines",
+            "Log lines taken by the anomaly detectors, by source and outcome (scored; bad: "
+            "not a log line; dropped: the logging handler's queue was full).",
+            ["source", "outcome"],
+            registry=registry,
+        )
+        self.anomaly_alerts = Counter(
+            "aiassist_anomaly_alerts",
+            "Windows of a log that alerted, by source.",
+            ["source"],
+            registry=registry,
+        )
 
         # --- agent runtime ---------------------------------------------------------------
         self.agent_tool_calls = Counter(

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-from sqlalchemy import Connection, func, insert, select, text
+from sqlalchemy import Connection, func, insert, or_, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -37,6 +37,7 @@ __all__ = [
     "ChainCheck",
     "Event",
     "Head",
+    "Recorded",
     "append_events",
     "event_hash",
     "genesis",
@@ -104,6 +105,17 @@ class Head:
     @classmethod
     def empty(cls, chain: str) -> Head:
         return cls(chain, 0, genesis(chain))
+
+
+@dataclass(frozen=True)
+class Recorded:
+    """One event of the trail, as read back."""
+
+    at: datetime
+    kind: str
+    subject: str
+    actor: str
+    data: dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -211,6 +223,22 @@ class AuditLog:
             plain = [(kind, subject, plain_json(data)) for kind, subject, data in events]
             append_events(connection, actor, plain, head_of(connection, chain))
             return result
+
+    def recent(self, since: datetime, kinds: Sequence[str], limit: int = 20) -> list[Recorded]:
+        """Events of the main chain since `since` whose kind starts with one of `kinds`
+        ("model.", "drift."), newest first."""
+        with self._sessions() as session:
+            rows = session.scalars(
+                select(AuditEvent)
+                .where(
+                    AuditEvent.chain == MAIN_CHAIN,
+                    AuditEvent.at >= since,
+                    or_(*(AuditEvent.kind.startswith(k, autoescape=True) for k in kinds)),
+                )
+                .order_by(AuditEvent.id.desc())
+                .limit(limit)
+            ).all()
+            return [Recorded(e.at, e.kind, e.subject, e.actor, dict(e.data)) for e in rows]
 
     def anchor(self) -> int:
         """Record the head of every chain that grew since the last anchor; how many did."""

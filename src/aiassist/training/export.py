@@ -66,7 +66,7 @@ def torch_to_onnx(model: Any, n_features: int, n_outputs: int) -> ExportedModel:
     model.eval()
     program = torch.onnx.export(
         model,
-        (torch.zeros(1, n_features),),
+        (torch.zeros(2, n_features),),  # not 1: torch.export would specialise the batch to it
         input_names=[INPUT],
         output_names=["output"],
         dynamic_shapes=({0: torch.export.Dim("batch")},),

@@ -15,7 +15,9 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field, computed_field
 
+from aiassist.metrics import Metrics
 from aiassist.modules.anomaly import AnomalyDecision, AnomalyFeatures, AnomalySettings, module
+from aiassist.modules.anomaly.alerts import Change, Changes
 from aiassist.modules.anomaly.baseline import Baseline, Window
 from aiassist.modules.anomaly.lines import LogLine, parse_line
 from aiassist.modules.anomaly.miner import Templates
@@ -28,7 +30,7 @@ Decide = Callable[[AnomalyFeatures], AnomalyDecision]
 def _service_decide(features: AnomalyFeatures) -> AnomalyDecision:
     from aiassist.sdk.service import AIAssistService
 
-    return AIAssistService.instance().decide(module, features, record=False)
+    return AIAssistService.instance().decide(module, features)
 
 
 class ScoredWindow(BaseModel):
@@ -36,6 +38,11 @@ class ScoredWindow(BaseModel):
     lines: int = Field(description="Good lines in the window.")
     decision: AnomalyDecision
     warming_up: bool = Field(description="Still learning the log: judged, never alerted.")
+    changes: list[Change] = Field(
+        default_factory=list,
+        description="For an alert: the recent changes (model swaps, API version rollbacks) "
+        "the audit trail recorded, newest first, as possible causes.",
+    )
 
     @computed_field  # type: ignore[prop-decorator]
     @property
@@ -48,6 +55,12 @@ class LogDetector:
     settings: AnomalySettings = field(default_factory=lambda: module.config)
     state_dir: Path | None = None
     decide: Decide = _service_decide
+    #: The log's name in metrics and alerts, and where its counts go (None: nowhere).
+    source: str = "app"
+    metrics: Metrics | None = None
+    #: Where an alert looks for recent changes, and who is told of it (None: nobody).
+    changes: Changes | None = None
+    on_alert: Callable[[ScoredWindow], None] | None = None
     warmup_windows: int = 20  # as many as the trainer's history (training.HISTORY)
     bad_lines: int = 0
     good_lines: int = 0
@@ -66,6 +79,8 @@ class LogDetector:
         line = parse_line(raw, self.settings.max_line_bytes)
         if line is None:
             self.bad_lines += 1
+            if self.metrics is not None:
+                self.metrics.anomaly_lines.labels(self.source, "bad").inc()
             return None
         self.good_lines += 1
         self._lines.append(line)
@@ -91,6 +106,15 @@ class LogDetector:
             decision=decision,
             warming_up=warming_up,
         )
+        if self.metrics is not None:
+            self.metrics.anomaly_lines.labels(self.source, "scored").inc(scored.lines)
+            if scored.alert:
+                self.metrics.anomaly_alerts.labels(self.source).inc()
+        if scored.alert:
+            if self.changes is not None:
+                scored.changes = self.changes()
+            if self.on_alert is not None:
+                self.on_alert(scored)
         if warming_up or not decision.anomalous:
             self.baseline.learn(window)
             if self.state_dir is not None:

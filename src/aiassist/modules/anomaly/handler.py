@@ -54,6 +54,8 @@ class AnomalyHandler(logging.Handler):
             self._queue.put_nowait(self.format(record))
         except queue.Full:
             self.dropped += 1
+            if (metrics := self.detector.metrics) is not None:
+                metrics.anomaly_lines.labels(self.detector.source, "dropped").inc()
 
     def _run(self) -> None:
         while (line := self._queue.get()) is not _STOP:

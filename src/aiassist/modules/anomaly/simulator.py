@@ -22,17 +22,90 @@ import numpy as np
 
 __all__ = ["LogSpec", "generate"]
 
-_WORDS = (
-    "connection session request user client server worker job queue cache disk memory "
-    "socket timeout retry opened closed accepted started stopped completed received sent "
-    "failed refused reset check health status sync flush commit lock unlock read write "
-    "block packet route token auth login logout mount scan update config reload signal "
-    "thread pool buffer index replica leader follower heartbeat lease transfer upload"
-).split()
-_NAMES = (
-    "sshd kernel cron httpd nginx postfix dhcpd ntpd systemd dockerd kubelet etcd "
-    "DataNode NameNode scheduler gateway api worker billing auth"
-).split()
+_WORDS = [
+    "connection",
+    "session",
+    "request",
+    "user",
+    "client",
+    "server",
+    "worker",
+    "job",
+    "queue",
+    "cache",
+    "disk",
+    "memory",
+    "socket",
+    "timeout",
+    "retry",
+    "opened",
+    "closed",
+    "accepted",
+    "started",
+    "stopped",
+    "completed",
+    "received",
+    "sent",
+    "failed",
+    "refused",
+    "reset",
+    "check",
+    "health",
+    "status",
+    "sync",
+    "flush",
+    "commit",
+    "lock",
+    "unlock",
+    "read",
+    "write",
+    "block",
+    "packet",
+    "route",
+    "token",
+    "auth",
+    "login",
+    "logout",
+    "mount",
+    "scan",
+    "update",
+    "config",
+    "reload",
+    "signal",
+    "thread",
+    "pool",
+    "buffer",
+    "index",
+    "replica",
+    "leader",
+    "follower",
+    "heartbeat",
+    "lease",
+    "transfer",
+    "upload",
+]
+_NAMES = [
+    "sshd",
+    "kernel",
+    "cron",
+    "httpd",
+    "nginx",
+    "postfix",
+    "dhcpd",
+    "ntpd",
+    "systemd",
+    "dockerd",
+    "kubelet",
+    "etcd",
+    "DataNode",
+    "NameNode",
+    "scheduler",
+    "gateway",
+    "api",
+    "worker",
+    "billing",
+    "auth",
+]
 _SLOTS = ("{num}", "{ip}", "user{num}", "port {num}", "id={num}")
 #: Distinct values of a log's variable fields: Drain3 masks them, so what they are does not
 #: change a template; few of them make lines repeat, and a repeated line is mined once.
