@@ -281,13 +281,15 @@ def test_a_signed_webhook_opens_and_assigns_a_ticket(stack: Stack) -> None:
     stamp = int(time.time())
     response = post_hook(stack, body, stamp=stamp)
     assert response.status_code == 200, response.text
-    assert response.json()["result"]["status"] == "succeeded"
+    assert response.json()["result"]["status"] == "succeeded", response.text
     [ticket] = stack.get("/tickets")
     assert (ticket["category"], ticket["assignee"], ticket["status"]) == (
         "delivery",
         "wang.wei",
         "assigned",
     )
+    triage = ticket["triage"]  # the tickets module's answer, kept with the ticket
+    assert triage["source"] == "fallback" and triage["queue"] and 0 < triage["score"] <= 1
     assert post_hook(stack, body, stamp=stamp).status_code == 200  # resent: one event, one run
     assert len(stack.get("/tickets")) == 1 and len(stack.runs(flow="ticket_intake")) == 1
 

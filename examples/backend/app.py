@@ -4,14 +4,17 @@ The business code is what it was before aiassist: customers, CRM leads, orders, 
 support tickets and outbound email, each behind a plain REST endpoint with an `operationId`,
 so its OpenAPI document imports as agent tools. Every write honours `Idempotency-Key`.
 
-Adopting aiassist's decision modules added exactly three things, marked `# aiassist:` below:
+Adopting aiassist's decision modules added these things, marked `# aiassist:` below:
 
 1. `AIAssistService.setup()` in the lifespan (settings from `AIASSIST_*` variables; in
    docker compose `AIASSIST_MODE=remote` points it at the inference service);
 2. the hold-or-accept choice for an order asks the `reference` module instead of comparing
    in place. Its rule fallback *is* the old comparison, so nothing changes until a trained
    model is promoted, and whenever the service is slow or down the backend still answers;
-3. the reviewer's verdict is recorded as the decision's outcome, so models learn from it.
+3. the reviewer's verdict is recorded as the decision's outcome, so models learn from it;
+4. `triage_ticket` asks the `tickets` module where a new ticket stands: its order score,
+   category and queue, predicted work and time to its SLA (the `ticket_intake` flow calls
+   it after opening the ticket).
 
 Run it with `uvicorn examples.backend.app:app` from the repository root (SQLite in
 `backend.db`, mail to an SMTP server on 127.0.0.1:8025; see `BackendSettings`).
@@ -35,6 +38,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from aiassist.modules.reference import module as reference
+from aiassist.modules.tickets import module as tickets
 from aiassist.sdk import AIAssistService
 
 from . import db
@@ -158,6 +162,28 @@ class TicketAssignment(BaseModel):
     category: Literal["billing", "delivery", "technical", "general"] = "general"
 
 
+#: First-response SLA by customer tier, minutes.
+SLA_MINUTES = {"free": 480, "pro": 120, "enterprise": 30}
+
+
+class TicketTriageIn(BaseModel):
+    tier: Literal["free", "pro", "enterprise"] = "free"
+    affected_users: int = Field(1, ge=0, le=1_000_000_000)
+
+
+class TicketTriage(BaseModel):
+    """What aiassist answered about a ticket, kept with it."""
+
+    decision_id: str
+    source: str = Field(description="'model' or 'fallback' (the rule answered).")
+    score: float = Field(description="The order: higher first.")
+    category: str
+    queue: str
+    est_handling_s: float
+    sla_due_at: datetime
+    explanation: str
+
+
 class TicketOut(Out):
     id: int
     customer_email: str
@@ -166,6 +192,7 @@ class TicketOut(Out):
     category: str
     status: str
     assignee: str | None
+    triage: TicketTriage | None = None
 
 
 class EmailIn(BaseModel):
@@ -436,6 +463,38 @@ def _routes() -> APIRouter:
         if ticket_status is not None:
             query = query.where(db.Ticket.status == ticket_status)
         return [TicketOut.model_validate(t) for t in session.scalars(query)]
+
+    @r.post("/tickets/{ticket_id}/triage", tags=["tickets"], operation_id="triage_ticket")
+    def triage_ticket(ticket_id: PathId, body: TicketTriageIn, session: SessionDep) -> TicketOut:
+        """Score a ticket for the queue: its order, category, queue and time to its SLA."""
+        ticket = _get(session, db.Ticket, ticket_id)
+        opened = ticket.created_at.replace(tzinfo=ticket.created_at.tzinfo or UTC)
+        due = opened + timedelta(minutes=SLA_MINUTES[body.tier])
+        now = datetime.now(UTC)
+        # aiassist: 4. the tickets decision point: the rule (SLA first) until a model serves.
+        decision = AIAssistService.instance().decide(
+            tickets,
+            {
+                "source": "complaint",
+                "tier": body.tier,
+                "affected_users": body.affected_users,
+                "deadline_in_s": (due - now).total_seconds(),
+                "age_s": max((now - opened).total_seconds(), 0.0),
+                "text": f"{ticket.subject}\n{ticket.body}"[:4000],
+            },
+        )
+        ticket.triage = TicketTriage(
+            decision_id=decision.decision_id,
+            source=decision.source,
+            score=decision.score,
+            category=decision.category,
+            queue=decision.queue,
+            est_handling_s=decision.est_handling_s,
+            sla_due_at=due,
+            explanation=decision.explanation,
+        ).model_dump(mode="json")
+        session.flush()
+        return TicketOut.model_validate(ticket)
 
     @r.post("/tickets/{ticket_id}/assign", tags=["tickets"], operation_id="assign_ticket")
     def assign_ticket(ticket_id: PathId, body: TicketAssignment, session: SessionDep) -> TicketOut:

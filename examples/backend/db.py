@@ -116,6 +116,7 @@ class Ticket(Base):
     status: Mapped[str] = mapped_column(String(20), default="open")
     assignee: Mapped[str | None] = mapped_column(String(100))
     created_at: Mapped[datetime] = mapped_column(When, default=utcnow)
+    triage: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
 
 
 class SentEmail(Base):
