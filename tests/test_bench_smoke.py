@@ -144,12 +144,35 @@ def check_cache(result: dict[str, Any]) -> None:
 
 
 def check_anomaly(result: dict[str, Any]) -> None:
-    methods = {"novelty", "pca", "invariants", "rule", "model"}
+    methods = {"novelty", "pca", "invariants", "deeplog", "rule", "model", "bootstrap"}
     assert set(result["results"]) == {"Apache", "HDFS", "Linux", "OpenSSH", "Thunderbird"}
     for source in result["results"].values():
         assert set(source["methods"]) == methods and 0 < source["faults"] < source["windows"]
         assert all(0 <= m["f1"] <= 1 for m in source["methods"].values())
     assert result["speed"]["lines"] == 10_000
+    assert set(result["sequence_model"]["deeplog_f1"]) == set(result["results"])
+
+
+def check_metrics(result: dict[str, Any]) -> None:
+    methods = result["results"]
+    assert set(methods) == {"static", "robust_z", "scorer"}
+    for m in methods.values():
+        assert m["alerts"] >= m["false_alerts"] >= 0 and 0 <= m["f1"] <= 1
+        assert set(m["recall_by_kind"]) == {"spike", "dip", "level shift"}
+    assert result["data"]["events"] > 0 and result["speed"]["samples_per_s"] > 0
+
+
+def check_tickets(result: dict[str, Any]) -> None:
+    policies = result["scenarios"]["main"]["policies"]
+    expected = {"fifo", "static", "deadline_first", "fallback", "model", "oracle_shortest_first"}
+    assert set(policies) == expected
+    model = policies["model"]["mean"]
+    assert model["model_answers"] == model["tickets"] > 0
+    assert all(0 <= p["mean"]["sla_breach_pct"] <= 100 for p in policies.values())
+    assert [g["goal"].split(",")[0] for g in result["goals"]] == [
+        "mean backlog time", "SLA breaches"
+    ]  # fmt: skip
+    assert result["training"]["heldout_rows"] > 0 and "available" in result["embedding"]
 
 
 CHECKS = {
@@ -164,6 +187,8 @@ CHECKS = {
     "sql": check_sql,
     "cache": check_cache,
     "anomaly": check_anomaly,
+    "tickets": check_tickets,
+    "metrics": check_metrics,
 }
 #: what these measure on PostgreSQL too (a complete results file has those rows)
 ON_POSTGRES = {"agent_overhead", "audit", "sql"}
