@@ -20,7 +20,8 @@ from aiassist.drift import DriftStore
 from aiassist.store.db import make_engine, make_sessionmaker
 from aiassist.store.models import DriftIncident
 
-from .test_drift import SECRET, Webhook, order
+from .conftest import Webhook
+from .test_drift import SECRET, order
 
 PROJECT = """
 import json, sys
@@ -82,7 +83,7 @@ def run_django(tmp_path: Path, drift: dict[str, Any], requests: list[tuple[str, 
 
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 def test_django_rolls_a_drifting_version_back_and_alerts(tmp_path: Path, db_url: str) -> None:
-    webhook = Webhook(fail_first=0)
+    webhook = Webhook(SECRET, fail_first=0)
     drift = {
         "stable": "v1",
         "scheme": "path",

@@ -299,8 +299,8 @@ def test_the_watch_alerts_once_on_a_regression_and_remembers(tmp_path: Path) -> 
     from aiassist.drift.alerts import WebhookAlerter
     from aiassist.modules.sql.watch import Watch
 
-    from .conftest import wait_for
-    from .test_drift import SECRET, Webhook
+    from .conftest import Webhook, wait_for
+    from .test_drift import SECRET
 
     name = f"aiassist_sql_{secrets.token_hex(4)}"
     url = _database(
@@ -310,7 +310,7 @@ def test_the_watch_alerts_once_on_a_regression_and_remembers(tmp_path: Path) -> 
         "from generate_series(1, 200000) i",
         "create index orders_user on orders (user_id)", "analyze",
     )  # fmt: skip
-    hook = Webhook(fail_first=0)
+    hook = Webhook(SECRET, fail_first=0)
     alerter = WebhookAlerter(hook.url, secret=SECRET, backoff_s=0.05)
     state = tmp_path / "watch.json"
     try:
