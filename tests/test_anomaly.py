@@ -279,3 +279,19 @@ def test_report_charts_every_window_and_lists_the_alerts(tmp_path: Path) -> None
     markdown = (tmp_path / "report.md").read_text()
     assert "![scores](report.svg)" in markdown and "### Lines 1001-1050" in markdown
     assert (tmp_path / "report.svg").read_text().startswith("<?xml")
+
+
+def test_hosts_are_read_from_syslog_headers_and_a_new_host_is_a_hint() -> None:
+    assert parse_line("Jun 14 15:16:01 combo sshd(pam_unix)[19939]: check pass").host == "combo"  # type: ignore[union-attr]
+    tbird = "- 1131566461 2005.11.09 dn228 Nov 9 12:01:01 src@dn228 crond[2915]: session closed"
+    assert parse_line(tbird).host == "dn228"  # type: ignore[union-attr]
+    assert parse_line("081109 203615 148 INFO dfs.DataNode: Receiving").host == "-"  # type: ignore[union-attr]
+    log = lines("Linux")
+    detector = rule_detector()
+    for line in log[:1500]:
+        detector.feed(line)
+    # one host of the fleet starts logging what the others do, half way through a window
+    window = log[1500:1525] + [line.replace(" combo ", " web-7 ") for line in log[1525:1550]]
+    [scored] = [w for line in window if (w := detector.feed(line)) is not None]
+    [host] = [h for h in scored.decision.hints if h.kind == "new host"]
+    assert (host.name, host.line) == ("web-7", 26) and " web-7 " in host.evidence

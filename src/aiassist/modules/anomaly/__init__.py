@@ -74,11 +74,19 @@ class Hint(BaseModel):
         "missing template",
         "new component",
         "component burst",
+        "new host",
+        "host burst",
     ]
     name: str = Field(max_length=500, description="The template or component.")
     component: str = Field("", max_length=100, description="The component it is of.")
     surprise: float = Field(ge=0, le=300)
     evidence: str = Field("", max_length=300, description="The window's first line of it.")
+    line: int = Field(
+        0,
+        ge=0,
+        le=1_000_000,
+        description="Where in the window it first showed (from 1; 0: absent).",
+    )
 
 
 class AnomalyDecision(Decision):

@@ -76,6 +76,8 @@ class Baseline:
     #: Sums over the learned windows of each template's and component's squared count.
     template_squares: Counter[int] = field(default_factory=Counter)
     component_squares: Counter[str] = field(default_factory=Counter)
+    hosts: Counter[str] = field(default_factory=Counter)
+    host_squares: Counter[str] = field(default_factory=Counter)
     owners: dict[int, str] = field(default_factory=dict)  # template -> its component
 
     def learn(self, window: Window) -> None:
@@ -89,6 +91,9 @@ class Baseline:
         self.components.update(components)
         self.template_squares.update({t: k * k for t, k in templates.items()})
         self.component_squares.update({c: k * k for c, k in components.items()})
+        hosts = Counter(line.host for line in window.lines if line.host != "-")
+        self.hosts.update(hosts)
+        self.host_squares.update({h: k * k for h, k in hosts.items()})
         for line, t in zip(window.lines, window.templates, strict=True):
             self.owners.setdefault(t, line.component)
 
@@ -112,6 +117,10 @@ class Baseline:
     def _component_surprise(self, c: str, k: int, n: int) -> float:
         spread = self._spread(self.components[c], self.component_squares[c])
         return _surprise(k, self._rate(self.components[c], n), spread)
+
+    def _host_surprise(self, h: str, k: int, n: int) -> float:
+        spread = self._spread(self.hosts[h], self.host_squares[h])
+        return _surprise(k, self._rate(self.hosts[h], n), spread)
 
     def features(self, window: Window) -> AnomalyFeatures:
         n = len(window.lines)
@@ -145,19 +154,21 @@ class Baseline:
         )
 
     def hints(self, window: Window, top: int = 3) -> list[Hint]:
-        """The templates and components that changed most, most surprising first."""
+        """The templates, components and hosts that changed most, most surprising first;
+        each with the window's line where it first showed (0 for a missing template)."""
         n = len(window.lines)
         counts = Counter(window.templates)
-        evidence: dict[int, LogLine] = {}
-        for line, t in zip(window.lines, window.templates, strict=True):
-            evidence.setdefault(t, line)
+        first: dict[int, int] = {}
+        for i, t in enumerate(window.templates):
+            first.setdefault(t, i)
         found = [
             Hint(
                 kind="new template" if self.templates[t] == 0 else "template burst",
                 name=str(t),
-                component=evidence[t].component[:100],
+                component=window.lines[first[t]].component[:100],
                 surprise=round(self._template_surprise(t, k, n), 2),
-                evidence=evidence[t].text[:300],
+                evidence=window.lines[first[t]].text[:300],
+                line=first[t] + 1,
             )
             for t, k in counts.items()
         ]
@@ -172,20 +183,36 @@ class Baseline:
             for t in self._regular()
             if t not in counts
         ]
-        by_component: dict[str, str] = {}
-        for line in window.lines:
-            by_component.setdefault(line.component, line.text)
+        by_component: dict[str, int] = {}
+        by_host: dict[str, int] = {}
+        for i, line in enumerate(window.lines):
+            by_component.setdefault(line.component, i)
+            if line.host != "-":
+                by_host.setdefault(line.host, i)
         found += [
             Hint(
                 kind="new component" if self.components[c] == 0 else "component burst",
                 name=c[:500],
                 component=c[:100],
                 surprise=round(self._component_surprise(c, k, n), 2),
-                evidence=by_component[c][:300],
+                evidence=window.lines[by_component[c]].text[:300],
+                line=by_component[c] + 1,
             )
             for c, k in Counter(line.component for line in window.lines).items()
         ]
-        found.sort(key=lambda h: -h.surprise)
+        found += [
+            Hint(
+                kind="new host" if self.hosts[h] == 0 else "host burst",
+                name=h,
+                component=window.lines[by_host[h]].component[:100],
+                surprise=round(self._host_surprise(h, k, n), 2),
+                evidence=window.lines[by_host[h]].text[:300],
+                line=by_host[h] + 1,
+            )
+            for h, k in Counter(line.host for line in window.lines if line.host != "-").items()
+        ]
+        # most surprising first; of equal surprise, what showed first
+        found.sort(key=lambda h: (-h.surprise, h.line or n + 1))
         return [h for h in found if h.surprise > 0][:top]
 
     def _regular(self) -> list[int]:
@@ -218,6 +245,8 @@ class Baseline:
             "components": dict(self.components),
             "template_squares": {str(k): v for k, v in self.template_squares.items()},
             "component_squares": dict(self.component_squares),
+            "hosts": dict(self.hosts),
+            "host_squares": dict(self.host_squares),
             "owners": {str(k): v for k, v in self.owners.items()},
         }
         tmp.write_text(json.dumps(state))
@@ -239,5 +268,7 @@ class Baseline:
                 {int(k): v for k, v in state.get("template_squares", {}).items()}
             ),
             component_squares=Counter(state.get("component_squares", {})),
+            hosts=Counter(state.get("hosts", {})),
+            host_squares=Counter(state.get("host_squares", {})),
             owners={int(k): v for k, v in state["owners"].items()},
         )

@@ -30,7 +30,8 @@ def _show(window: ScoredWindow) -> None:
         f" score {window.decision.score:.2f} ({window.decision.source})"
     )
     for hint in window.decision.hints:
-        console.print(f"  {hint.kind}: {hint.name}  (surprise {hint.surprise:g})")
+        where = f", from line {window.first_line + hint.line - 1}" if hint.line else ""
+        console.print(f"  {hint.kind}: {hint.name}  (surprise {hint.surprise:g}{where})")
         if hint.evidence:
             console.print(f"    {hint.evidence}", markup=False, highlight=False)
 

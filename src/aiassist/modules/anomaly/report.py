@@ -121,7 +121,10 @@ def _markdown(scan: Scan, chart: str) -> str:
         lines.append(f"### Lines {_span(w)}: score {w.decision.score:.2f} ({w.decision.source})")
         lines.append("")
         for h in w.decision.hints:
-            lines.append(f"- {h.kind} `{_cell(h.name)}` ({h.component}), surprise {h.surprise:g}")
+            at = f", from line {w.first_line + h.line - 1}" if h.line else ""
+            lines.append(
+                f"- {h.kind} `{_cell(h.name)}` ({h.component}), surprise {h.surprise:g}{at}"
+            )
             if h.evidence:
                 lines.append(f"  - `{_cell(h.evidence)}`")
         lines.append("")
@@ -143,6 +146,7 @@ def _html(scan: Scan) -> str:
         hints = "".join(
             f"<li>{e(h.kind)} <code>{e(h.name)}</code> ({e(h.component)}), surprise "
             f"{h.surprise:g}"
+            + (f", from line {w.first_line + h.line - 1}" if h.line else "")
             + (f"<br><small><code>{e(h.evidence)}</code></small>" if h.evidence else "")
             + "</li>"
             for h in w.decision.hints
