@@ -7,11 +7,12 @@ One HTML file (the chart inline as SVG), or Markdown with the chart beside it.
 from __future__ import annotations
 
 import html
-import io
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+from aiassist.charts import svg_chart
 from aiassist.modules.anomaly.detector import ScoredWindow
 
 __all__ = ["Scan", "score_chart_svg", "write_report"]
@@ -46,40 +47,24 @@ class Scan:
 
 def score_chart_svg(scan: Scan) -> str:
     """Anomaly score per window along the log, the threshold, alerts in red (SVG text)."""
-    import matplotlib
 
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
-
-    starts = [w.first_line for w in scan.windows]
-    scores = [w.decision.score for w in scan.windows]
-    figure, axes = plt.subplots(figsize=(10, 3.2))
-    try:
-        axes.plot(starts, scores, color="#3b6ea8", linewidth=1, label="window score")
-        warm = [w.first_line for w in scan.windows if w.warming_up]
-        if warm:
+    def draw(axes: Any) -> None:
+        starts = [w.first_line for w in scan.windows]
+        axes.plot(starts, [w.decision.score for w in scan.windows], color="#3b6ea8",
+                  linewidth=1, label="window score")  # fmt: skip
+        if warm := [w.first_line for w in scan.windows if w.warming_up]:
             axes.axvspan(min(warm), max(warm), color="#dddddd", label="learning the log")
         alerts = scan.alerts
-        axes.scatter(
-            [w.first_line for w in alerts],
-            [w.decision.score for w in alerts],
-            color="#c0392b",
-            zorder=3,
-            s=18,
-            label=f"alert ({len(alerts)})",
-        )
+        axes.scatter([w.first_line for w in alerts], [w.decision.score for w in alerts],
+                     color="#c0392b", zorder=3, s=18, label=f"alert ({len(alerts)})")  # fmt: skip
         axes.axhline(scan.threshold, color="#c0392b", linestyle="--", linewidth=0.8)
         axes.set_ylim(0, 1.02)
         axes.set_xlabel("line of the log (window start)")
         axes.set_ylabel("anomaly score")
         axes.set_title(f"Anomaly score per window: {scan.source}")
         axes.legend(loc="upper right", fontsize=8)
-        figure.tight_layout()
-        out = io.StringIO()
-        figure.savefig(out, format="svg")
-        return out.getvalue()
-    finally:
-        plt.close(figure)
+
+    return svg_chart(draw, (10, 3.2))
 
 
 def write_report(scan: Scan, path: Path) -> list[Path]:

@@ -3,9 +3,10 @@ chart inline). The chart is each query group's share of the statements' total ti
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
+from typing import Any
 
+from aiassist.charts import svg_chart
 from aiassist.modules.sql.findings import PATTERNS, Analysis
 
 __all__ = ["time_share_svg", "write_report"]
@@ -16,28 +17,19 @@ LISTED_GROUPS = 30
 
 def time_share_svg(analysis: Analysis) -> str:
     """A horizontal bar chart of the top groups' share of time (matplotlib, SVG text)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
-
     rows = [g for g in analysis.query_groups if g.total_ms > 0][:CHARTED_GROUPS]
     labels = [f"#{i} {_short(g.query, 60)}" for i, g in enumerate(rows, 1)]
     shares = [100 * g.time_share for g in rows]
-    figure, axes = plt.subplots(figsize=(9, 0.4 * max(len(rows), 3) + 1))
-    try:
+
+    def draw(axes: Any) -> None:
         axes.barh(labels[::-1], shares[::-1], color="#3b6ea8")
         axes.set_xlabel("share of total statement time (%)")
         axes.set_title(f"Time per query group: {analysis.database}")
         axes.tick_params(axis="y", labelsize=8)
         if not rows:
             axes.text(0.5, 0.5, "no timings in this source", ha="center", transform=axes.transAxes)
-        figure.tight_layout()
-        out = io.StringIO()
-        figure.savefig(out, format="svg")
-        return out.getvalue()
-    finally:
-        plt.close(figure)
+
+    return svg_chart(draw, (9, 0.4 * max(len(rows), 3) + 1))
 
 
 def write_report(analysis: Analysis, path: Path) -> list[Path]:
