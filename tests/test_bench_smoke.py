@@ -151,6 +151,7 @@ def check_anomaly(result: dict[str, Any]) -> None:
         assert all(0 <= m["f1"] <= 1 for m in source["methods"].values())
     assert result["speed"]["lines"] == 10_000
     assert set(result["sequence_model"]["deeplog_f1"]) == set(result["results"])
+    assert result["http"]["requests"] > 0 and result["http"]["request_p99_ms"] > 0
 
 
 def check_metrics(result: dict[str, Any]) -> None:

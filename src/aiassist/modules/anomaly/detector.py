@@ -118,5 +118,6 @@ class LogDetector:
         if warming_up or not decision.anomalous:
             self.baseline.learn(window)
             if self.state_dir is not None:
+                self.templates.save()
                 self.baseline.save(self.state_dir / "baseline.json")
         return scored

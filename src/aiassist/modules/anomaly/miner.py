@@ -2,8 +2,10 @@
 
 Drain3 turns `Invalid user webmaster from 173.234.31.186` into the template
 `Invalid user <*> from <IP>` and gives it a stable cluster id, which is what the windows
-count. With a state path, Drain3's own file persistence writes a snapshot whenever a
-template is created or changes, so a restart picks up the same ids.
+count. With a state path, Drain3's own file persistence keeps a snapshot, so a restart
+picks up the same ids: taken by `save`, which the detector calls once a window (with the
+baseline, so the two stay consistent), not by Drain3 on every change, which re-serialises
+every template each time a new one appears.
 """
 
 from __future__ import annotations
@@ -34,14 +36,29 @@ class Templates:
         config.drain_sim_th = similarity
         config.masking_instructions = [MaskingInstruction(p, m) for p, m in _MASKS]
         config.snapshot_interval_minutes = 1
-        persistence = None
+        self._persistence = None
         if state is not None:
             state.parent.mkdir(parents=True, exist_ok=True)
-            persistence = FilePersistence(str(state))
-        self._miner = TemplateMiner(persistence, config)
+            self._persistence = FilePersistence(str(state))
+        self._miner = TemplateMiner(self._persistence, config)  # loads the snapshot
+        self._miner.persistence_handler = None  # snapshots are taken by `save`
+        self._changed = False
 
     def add(self, message: str) -> int:
-        return int(self._miner.add_log_message(message)["cluster_id"])
+        result = self._miner.add_log_message(message)
+        self._changed |= result["change_type"] != "none"
+        return int(result["cluster_id"])
+
+    def save(self) -> None:
+        """Write the snapshot, if a template was created or changed since the last one."""
+        if self._persistence is None or not self._changed:
+            return
+        self._miner.persistence_handler = self._persistence
+        try:
+            self._miner.save_state("templates changed")
+        finally:
+            self._miner.persistence_handler = None
+        self._changed = False
 
     def match(self, message: str) -> int | None:
         """The id of the template `message` belongs to, without learning from it."""
