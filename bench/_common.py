@@ -256,6 +256,51 @@ def train_from_simulator(module: Any, trainer: Any, rows: int, seed: int, workdi
     return Trained(predictor, engine, held, model, rule, info)
 
 
+# --- a simulator's policies over seeds -----------------------------------------------------
+def simulator_args(
+    argv: Sequence[str] | None, description: str, out: Path, count: str, pool: str
+) -> argparse.Namespace:
+    """The options of a benchmark of a simulator's policies: `--{count}` (tasks, tickets) a
+    run has, unset: the script's default; `--{pool}` (workers, agents) serving them; the
+    seeds."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--quick", action="store_true", help="small run, for the smoke test")
+    parser.add_argument("--out", type=Path, default=out)
+    parser.add_argument(f"--{count}", type=int, default=None, help=f"{count} per run")
+    parser.add_argument(f"--{pool}", type=int, default=16)
+    parser.add_argument("--train-seed", type=int, default=1)
+    parser.add_argument("--eval-seed", type=int, default=2026, help="the first seed")
+    parser.add_argument("--seeds", type=int, default=None, help="seeds per scenario")
+    return parser.parse_args(argv)
+
+
+def per_seed(result: dict[str, Any], policy: str, key: str) -> np.ndarray:
+    """One figure of one policy in a scenario's result, seed by seed."""
+    return np.array([run[key] for run in result["policies"][policy]["per_seed"]])
+
+
+def policy_table(name: str, result: dict[str, Any], columns: Sequence[tuple[str, str, str]]) -> str:
+    """A scenario's result, a row a policy: the mean over seeds and, where the result keeps
+    it and there are several seeds, the worst seed in brackets."""
+    spec, seeds = result["spec"], result["seeds"]
+    worst = all("worst" in s for s in result["policies"].values())
+    lines = [
+        f"\n{name}: " + ", ".join(f"{k} {v}" for k, v in spec.items()) + f"; mean over seeds "
+        f"{seeds[0]}-{seeds[-1]}" + (" (worst seed in brackets)" if worst else ""),
+        "| policy | " + " | ".join(c[1] for c in columns) + " |",
+        "| --- |" + " ---: |" * len(columns),
+    ]
+    for policy, s in result["policies"].items():
+        cells = [
+            f"{fmt.format(s['mean'][key])} ({fmt.format(s['worst'][key])})"
+            if worst and len(seeds) > 1
+            else fmt.format(s["mean"][key])
+            for key, _, fmt in columns
+        ]
+        lines.append(f"| {policy} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 # --- a database of the benchmark's own -----------------------------------------------------
 PG_ADMIN = os.environ.get(
     "AIASSIST_BENCH_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"

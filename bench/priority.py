@@ -29,7 +29,6 @@ adds to everyone's wait (FIFO's longest wait, which grows too).
 
 from __future__ import annotations
 
-import argparse
 import math
 import tempfile
 import time
@@ -43,7 +42,14 @@ from typing import Any
 import numpy as np
 from prometheus_client import CollectorRegistry
 
-from _common import machine_info, train_from_simulator, write_results
+from _common import (
+    machine_info,
+    per_seed,
+    policy_table,
+    simulator_args,
+    train_from_simulator,
+    write_results,
+)
 from aiassist.decider import Decider
 from aiassist.metrics import Metrics
 from aiassist.modules.priority import PriorityModule, module
@@ -188,11 +194,6 @@ def run_scenario(
     return out
 
 
-def per_seed(result: dict[str, Any], policy: str, key: str) -> np.ndarray:
-    """One figure of one policy in a scenario's result, seed by seed."""
-    return np.array([run[key] for run in result["policies"][policy]["per_seed"]])
-
-
 def cluster_goals(name: str, result: dict[str, Any]) -> list[dict[str, Any]]:
     """Issue 21's goals on one cluster scenario, seed by seed: the model's high-class mean
     wait 3x lower than static levels' or within 10% of it; deadline misses <= EDF's."""
@@ -287,35 +288,12 @@ def goals(results: dict[str, Any], floods: Sequence[str]) -> list[dict[str, Any]
 
 
 def table(name: str, result: dict[str, Any]) -> str:
-    spec, seeds = result["spec"], result["seeds"]
-    columns = COLUMNS + ((FLOOD_COLUMN,) if "hours" in spec else ())
-    lines = [
-        f"\n{name}: " + ", ".join(f"{k} {v}" for k, v in spec.items()) + f"; mean over seeds "
-        f"{seeds[0]}-{seeds[-1]} (worst seed in brackets)",
-        "| policy | " + " | ".join(c[1] for c in columns) + " |",
-        "| --- |" + " ---: |" * len(columns),
-    ]
-    for policy, s in result["policies"].items():
-        cells = [
-            f"{fmt.format(s['mean'][key])} ({fmt.format(s['worst'][key])})"
-            if len(seeds) > 1
-            else fmt.format(s["mean"][key])
-            for key, _, fmt in columns
-        ]
-        lines.append(f"| {policy} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    columns = COLUMNS + ((FLOOD_COLUMN,) if "hours" in result["spec"] else ())
+    return policy_table(name, result, columns)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="small run, for the smoke test")
-    parser.add_argument("--out", type=Path, default=OUT)
-    parser.add_argument("--tasks", type=int, default=None, help="tasks per run")
-    parser.add_argument("--workers", type=int, default=16)
-    parser.add_argument("--train-seed", type=int, default=1)
-    parser.add_argument("--eval-seed", type=int, default=2026, help="the first seed")
-    parser.add_argument("--seeds", type=int, default=None, help="seeds per scenario")
-    args = parser.parse_args(argv)
+    args = simulator_args(argv, __doc__.split("\n\n")[0], OUT, "tasks", "workers")
     tasks = args.tasks or (2000 if args.quick else 20_000)
     n_seeds = args.seeds or (1 if args.quick else 6)
     seeds = list(range(args.eval_seed, args.eval_seed + n_seeds))

@@ -18,7 +18,6 @@ first, SLAs ignored) is no policy anyone can run: it shows what the backlog allo
 
 from __future__ import annotations
 
-import argparse
 import tempfile
 import time
 from collections.abc import Sequence
@@ -29,7 +28,14 @@ from typing import Any
 
 import numpy as np
 
-from _common import machine_info, train_from_simulator, write_results
+from _common import (
+    machine_info,
+    per_seed,
+    policy_table,
+    simulator_args,
+    train_from_simulator,
+    write_results,
+)
 from aiassist.modules.tickets import module
 from aiassist.modules.tickets.simulator import (
     EDF,
@@ -133,10 +139,6 @@ def run_scenario(spec: GeneratorSpec, seeds: Sequence[int], engine: Any) -> dict
     }
 
 
-def per_seed(result: dict[str, Any], policy: str, key: str) -> np.ndarray:
-    return np.array([run[key] for run in result["policies"][policy]["per_seed"]])
-
-
 def goals(main: dict[str, Any]) -> list[dict[str, Any]]:
     ratio = per_seed(main, "model", "mean_backlog_s") / np.maximum(
         per_seed(main, "fifo", "mean_backlog_s"), 1e-9
@@ -168,31 +170,8 @@ def goals(main: dict[str, Any]) -> list[dict[str, Any]]:
     ]
 
 
-def table(name: str, result: dict[str, Any]) -> str:
-    spec, seeds = result["spec"], result["seeds"]
-    lines = [
-        f"\n{name}: "
-        + ", ".join(f"{k} {v}" for k, v in spec.items())
-        + f"; mean over seeds {seeds[0]}-{seeds[-1]}",
-        "| policy | " + " | ".join(c[1] for c in COLUMNS) + " |",
-        "| --- |" + " ---: |" * len(COLUMNS),
-    ]
-    for policy, s in result["policies"].items():
-        cells = [fmt.format(s["mean"][key]) for key, _, fmt in COLUMNS]
-        lines.append(f"| {policy} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="small run, for the smoke test")
-    parser.add_argument("--out", type=Path, default=OUT)
-    parser.add_argument("--tickets", type=int, default=None, help="tickets per run")
-    parser.add_argument("--agents", type=int, default=16)
-    parser.add_argument("--train-seed", type=int, default=1)
-    parser.add_argument("--eval-seed", type=int, default=2026, help="the first seed")
-    parser.add_argument("--seeds", type=int, default=None, help="seeds per scenario")
-    args = parser.parse_args(argv)
+    args = simulator_args(argv, __doc__.split("\n\n")[0], OUT, "tickets", "agents")
     tickets = args.tickets or (2000 if args.quick else 20_000)
     seeds = list(range(args.eval_seed, args.eval_seed + (args.seeds or (1 if args.quick else 3))))
     rows = 4000 if args.quick else 20_000
@@ -214,7 +193,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name, knobs in scenarios.items():
         spec = GeneratorSpec(tickets=tickets, agents=args.agents, **knobs)
         results[name] = run_scenario(spec, seeds, trained.engine)
-        print(table(name, results[name]), flush=True)
+        print(policy_table(name, results[name], COLUMNS), flush=True)
     write_results(
         args,
         "tickets",

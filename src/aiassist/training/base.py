@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
@@ -13,7 +13,14 @@ from aiassist.modules import AnyModule, Decision, Features
 from aiassist.modules.base import import_attribute
 from aiassist.registry.store import Manifest, ModelRegistry, TrainingInfo
 
-__all__ = ["Dataset", "ExportedModel", "Trainer", "brier_quality", "get_trainer"]
+__all__ = [
+    "Dataset",
+    "ExportedModel",
+    "Trainer",
+    "brier_quality",
+    "get_trainer",
+    "synthetic_dataset",
+]
 
 
 @dataclass
@@ -101,6 +108,20 @@ class Trainer(Protocol):
     def synthetic(self, n: int, seed: int) -> Dataset:
         """Generated examples so a new install starts with a model (the module's simulator)."""
         ...
+
+
+def synthetic_dataset(
+    module: AnyModule, n: int, world: Callable[[], tuple[Sequence[Features], Sequence[float]]]
+) -> Dataset:
+    """A trainer's `synthetic` data: the first `n` examples of the worlds `world` draws, one
+    after another."""
+    features: list[Features] = []
+    labels: list[float] = []
+    while len(features) < n:
+        f, y = world()
+        features.extend(f)
+        labels.extend(y)
+    return Dataset.build(module, features[:n], labels[:n], source="synthetic")
 
 
 def brier_quality(y: np.ndarray, scores: np.ndarray) -> float:

@@ -18,14 +18,14 @@ from typing import Any
 
 import numpy as np
 
-from aiassist.modules import Decision, Features
+from aiassist.modules import Decision
 from aiassist.modules.anomaly import AnomalyFeatures, module
 from aiassist.modules.anomaly.baseline import Baseline, Window
 from aiassist.modules.anomaly.faults import KINDS, Fault, inject
 from aiassist.modules.anomaly.lines import LogLine, parse_line
 from aiassist.modules.anomaly.miner import Templates
 from aiassist.modules.anomaly.simulator import LogSpec, generate
-from aiassist.training.base import Dataset, ExportedModel, brier_quality
+from aiassist.training.base import Dataset, ExportedModel, brier_quality, synthetic_dataset
 from aiassist.training.export import fit_lightgbm_classifier
 
 __all__ = ["HISTORY", "AnomalyTrainer", "LogHistory", "faulty_windows", "trainer"]
@@ -118,16 +118,14 @@ class AnomalyTrainer:
 
     def synthetic(self, n: int, seed: int) -> Dataset:
         rng = np.random.default_rng(seed)
-        features: list[Features] = []
-        labels: list[float] = []
-        while len(features) < n:
+
+        def world() -> tuple[list[AnomalyFeatures], list[float]]:
             window = int(rng.choice([40, 100]))
             lines = generate(LogSpec.draw(rng), window * (HISTORY + _LATER), rng)
             donor = generate(LogSpec.draw(rng), 500, rng)
-            f, y = faulty_windows(lines, donor, window, rng)
-            features.extend(f)
-            labels.extend(y)
-        return Dataset.build(module, features[:n], labels[:n], source="synthetic")
+            return faulty_windows(lines, donor, window, rng)
+
+        return synthetic_dataset(module, n, world)
 
 
 trainer = AnomalyTrainer()

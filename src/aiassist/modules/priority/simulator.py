@@ -58,7 +58,7 @@ import heapq
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Generic, Protocol, TypeVar
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -73,7 +73,9 @@ __all__ = [
     "HIGH_WEIGHT",
     "LOW_WEIGHT",
     "TASK_TYPES",
+    "Deadlines",
     "GeneratorSpec",
+    "Key",
     "KeyPolicy",
     "LeastSlack",
     "ModulePolicy",
@@ -418,84 +420,94 @@ def traffic_from_tasks(tasks: Sequence[SimTask], workers: int) -> tuple[Traffic,
 
 # --- policies ----------------------------------------------------------------------------
 Key = tuple[float, float]
+TrafficT = TypeVar("TrafficT")
+FeaturesT = TypeVar("FeaturesT")
+TrafficT_contra = TypeVar("TrafficT_contra", contravariant=True)
+FeaturesT_contra = TypeVar("FeaturesT_contra", contravariant=True)
 
 
-class SimQueue(Protocol):
+class SimQueue(Protocol[FeaturesT_contra]):
     """Queued task indices, in a policy's order."""
 
     def __len__(self) -> int: ...
 
-    def push(self, i: int, now: float, f: PriorityFeatures | None) -> None: ...
+    def push(self, i: int, now: float, f: FeaturesT_contra | None) -> None: ...
 
     def pop(self, now: float) -> int: ...
 
 
-class Policy(Protocol):
+class Policy(Protocol[TrafficT_contra, FeaturesT_contra]):
     """A way of ordering tasks: a fresh queue per run."""
 
     name: str
     uses_features: bool
 
-    def queue(self, traffic: Traffic) -> SimQueue: ...
+    def queue(self, traffic: TrafficT_contra) -> SimQueue[FeaturesT_contra]: ...
 
 
-class _KeyQueue:
-    def __init__(self, policy: KeyPolicy, traffic: Traffic) -> None:
+class Deadlines(Protocol):
+    """What `EDF` reads of a run's traffic."""
+
+    deadline: np.ndarray  # absolute; NaN: no deadline
+
+
+class _KeyQueue(Generic[TrafficT, FeaturesT]):
+    def __init__(self, policy: KeyPolicy[TrafficT, FeaturesT], traffic: TrafficT) -> None:
         self._policy, self._traffic = policy, traffic
         self._heap: list[tuple[Key, int]] = []
 
     def __len__(self) -> int:
         return len(self._heap)
 
-    def push(self, i: int, now: float, f: PriorityFeatures | None) -> None:
+    def push(self, i: int, now: float, f: FeaturesT | None) -> None:
         heapq.heappush(self._heap, (self._policy.key(self._traffic, i, now, f), i))
 
     def pop(self, now: float) -> int:
         return heapq.heappop(self._heap)[1]
 
 
-class KeyPolicy:
+class KeyPolicy(Generic[TrafficT, FeaturesT]):
     """A key per task, computed when it is enqueued: the smallest runs first."""
 
     name, uses_features = "key", False
 
-    def key(self, traffic: Traffic, i: int, now: float, f: PriorityFeatures | None) -> Key:
+    def key(self, traffic: TrafficT, i: int, now: float, f: FeaturesT | None) -> Key:
         raise NotImplementedError
 
-    def queue(self, traffic: Traffic) -> SimQueue:
+    def queue(self, traffic: TrafficT) -> SimQueue[FeaturesT]:
         return _KeyQueue(self, traffic)
 
 
-class FIFO(KeyPolicy):
-    name, uses_features = "fifo", False
+class FIFO(KeyPolicy[object, object]):
+    name = "fifo"
 
-    def key(self, traffic: Traffic, i: int, now: float, f: PriorityFeatures | None) -> Key:
+    def key(self, traffic: object, i: int, now: float, f: object) -> Key:
         return (now, 0.0)
 
 
-class StaticLevels(KeyPolicy):
+class StaticLevels(KeyPolicy[Traffic, PriorityFeatures]):
     """The legacy scheme: a fixed level per task type (9 first), first come within a level."""
 
-    name, uses_features = "static", False
+    name = "static"
 
     def key(self, traffic: Traffic, i: int, now: float, f: PriorityFeatures | None) -> Key:
         return (-float(traffic.level[i]), now)
 
 
-class EDF(KeyPolicy):
+class EDF(KeyPolicy[Deadlines, object]):
     """Earliest deadline first; tasks without a deadline after all others."""
 
-    name, uses_features = "edf", False
+    name = "edf"
 
-    def key(self, traffic: Traffic, i: int, now: float, f: PriorityFeatures | None) -> Key:
+    def key(self, traffic: Deadlines, i: int, now: float, f: object) -> Key:
         d = float(traffic.deadline[i])
         return (math.inf if math.isnan(d) else d, now)
 
 
-class LeastSlack(KeyPolicy):
+class LeastSlack(KeyPolicy[Traffic, PriorityFeatures]):
     """Least slack first: deadline minus estimated duration (the latest start time)."""
 
-    name, uses_features = "least_slack", False
+    name = "least_slack"
 
     def key(self, traffic: Traffic, i: int, now: float, f: PriorityFeatures | None) -> Key:
         d = float(traffic.deadline[i])
@@ -547,7 +559,7 @@ class ModulePolicy:
         self.decisions: dict[int, PriorityDecision] = {}
         self.rescued = 0  # tasks the last run took out of priority order
 
-    def queue(self, traffic: Traffic) -> SimQueue:
+    def queue(self, traffic: Traffic) -> SimQueue[PriorityFeatures]:
         self.decisions, self.rescued = {}, 0
         return _ModuleQueue(self)
 
@@ -585,7 +597,9 @@ class RunResult:
         return np.asarray(has & (self.finish > np.where(has, traffic.deadline, np.inf)))
 
 
-def simulate(traffic: Traffic, policy: Policy, *, record_features: bool = False) -> RunResult:
+def simulate(
+    traffic: Traffic, policy: Policy[Traffic, PriorityFeatures], *, record_features: bool = False
+) -> RunResult:
     """Run the pool over `traffic` under `policy` until every task finished."""
     n = len(traffic)
     start, finish = np.full(n, math.nan), np.full(n, math.nan)
@@ -659,7 +673,7 @@ def summarize(traffic: Traffic, result: RunResult) -> dict[str, float]:
 
 # --- training data -----------------------------------------------------------------------
 def training_examples(
-    traffic: Traffic, policy: Policy | None = None
+    traffic: Traffic, policy: Policy[Traffic, PriorityFeatures] | None = None
 ) -> tuple[list[PriorityFeatures], list[float]]:
     """Features at enqueue time and whether the deadline was then missed, for every task
     with a deadline. Under FIFO (the default) the label is the risk a task runs when nothing

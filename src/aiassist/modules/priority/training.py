@@ -12,10 +12,10 @@ from typing import Any
 
 import numpy as np
 
-from aiassist.modules import Decision, Features
-from aiassist.modules.priority import module
+from aiassist.modules import Decision
+from aiassist.modules.priority import PriorityFeatures, module
 from aiassist.modules.priority.simulator import GeneratorSpec, generate, training_examples
-from aiassist.training.base import Dataset, ExportedModel, brier_quality
+from aiassist.training.base import Dataset, ExportedModel, brier_quality, synthetic_dataset
 from aiassist.training.export import fit_lightgbm_classifier
 
 __all__ = ["PriorityTrainer", "trainer"]
@@ -38,9 +38,8 @@ class PriorityTrainer:
 
     def synthetic(self, n: int, seed: int) -> Dataset:
         rng = np.random.default_rng(seed)
-        features: list[Features] = []
-        labels: list[float] = []
-        while len(features) < n:
+
+        def world() -> tuple[list[PriorityFeatures], list[float]]:
             spec = GeneratorSpec(
                 tasks=_TASKS_PER_WORLD,
                 workers=int(rng.choice([2, 4, 8, 16, 32])),
@@ -49,10 +48,9 @@ class PriorityTrainer:
                 anomaly_share=float(rng.uniform(0.0, 0.5)),
                 seed=int(rng.integers(2**32)),
             )
-            f, y = training_examples(generate(spec))
-            features.extend(f)
-            labels.extend(y)
-        return Dataset.build(module, features[:n], labels[:n], source="synthetic")
+            return training_examples(generate(spec))
+
+        return synthetic_dataset(module, n, world)
 
 
 trainer = PriorityTrainer()

@@ -39,11 +39,13 @@ import heapq
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from aiassist.modules.priority import simulator as priority_simulator
+from aiassist.modules.priority.simulator import FIFO, Key, KeyPolicy, Policy, SimQueue
 from aiassist.modules.tickets import (
     SlaWindow,
     TicketDecision,
@@ -64,6 +66,7 @@ __all__ = [
     "ModulePolicy",
     "Policy",
     "RunResult",
+    "SimQueue",
     "StaticLevels",
     "Traffic",
     "TrueShortestFirst",
@@ -297,89 +300,34 @@ def generate(spec: GeneratorSpec) -> Traffic:
 
 
 # --- policies ----------------------------------------------------------------------------
-class SimQueue(Protocol):
-    def __len__(self) -> int: ...
-
-    def push(self, i: int, now: float, f: TicketFeatures | None) -> None: ...
-
-    def pop(self, now: float) -> int: ...
-
-
-class Policy(Protocol):
-    """A way of ordering tickets: a fresh queue per run."""
-
-    name: str
-    uses_features: bool
-
-    def queue(self, traffic: Traffic) -> SimQueue: ...
-
-
-class _KeyQueue:
-    def __init__(self, policy: KeyPolicy, traffic: Traffic) -> None:
-        self._policy, self._traffic = policy, traffic
-        self._heap: list[tuple[tuple[float, float], int]] = []
-
-    def __len__(self) -> int:
-        return len(self._heap)
-
-    def push(self, i: int, now: float, f: TicketFeatures | None) -> None:
-        heapq.heappush(self._heap, (self._policy.key(self._traffic, i, now), i))
-
-    def pop(self, now: float) -> int:
-        return heapq.heappop(self._heap)[1]
-
-
-class KeyPolicy:
-    """A key per ticket, fixed at arrival: the smallest is taken first."""
-
-    name, uses_features = "key", False
-
-    def key(self, traffic: Traffic, i: int, now: float) -> tuple[float, float]:
-        raise NotImplementedError
-
-    def queue(self, traffic: Traffic) -> SimQueue:
-        return _KeyQueue(self, traffic)
-
-
-class FIFO(KeyPolicy):
-    name = "fifo"
-
-    def key(self, traffic: Traffic, i: int, now: float) -> tuple[float, float]:
-        return (now, 0.0)
-
-
 #: The legacy scheme's levels (higher first): by source, and complaints by tier.
 STATIC_LEVELS = {"alert": 3, "enterprise": 2, "pro": 1, "free": 0, "inspection": 0}
 
 
-class StaticLevels(KeyPolicy):
+class StaticLevels(KeyPolicy[Traffic, TicketFeatures]):
     """Static severity levels: alerts, then enterprise, pro, free complaints and
     inspections; first come within a level."""
 
     name = "static"
 
-    def key(self, traffic: Traffic, i: int, now: float) -> tuple[float, float]:
+    def key(self, traffic: Traffic, i: int, now: float, f: TicketFeatures | None) -> Key:
         s = traffic.source[i]
         return (-float(STATIC_LEVELS[traffic.tier[i] if s == "complaint" else s]), now)
 
 
-class EDF(KeyPolicy):
+class EDF(priority_simulator.EDF):
     """SLA deadline first (earliest first response due)."""
 
     name = "deadline_first"
 
-    def key(self, traffic: Traffic, i: int, now: float) -> tuple[float, float]:
-        d = float(traffic.deadline[i])
-        return (math.inf if math.isnan(d) else d, now)
 
-
-class TrueShortestFirst(KeyPolicy):
+class TrueShortestFirst(KeyPolicy[Traffic, TicketFeatures]):
     """Shortest true handling time first, SLAs ignored: a bound no real system reaches (it
     knows each ticket's work exactly), to show what the backlog allows at this load."""
 
     name = "oracle_shortest_first"
 
-    def key(self, traffic: Traffic, i: int, now: float) -> tuple[float, float]:
+    def key(self, traffic: Traffic, i: int, now: float, f: TicketFeatures | None) -> Key:
         return (float(traffic.work[i]), now)
 
 
@@ -418,7 +366,7 @@ class ModulePolicy:
         self.scoring = scoring or tickets_module.scoring
         self.decisions: dict[int, TicketDecision] = {}
 
-    def queue(self, traffic: Traffic) -> SimQueue:
+    def queue(self, traffic: Traffic) -> SimQueue[TicketFeatures]:
         self.decisions = {}
         return _ModuleQueue(self)
 
@@ -440,7 +388,9 @@ class RunResult:
         return np.asarray(has & (self.start > np.where(has, traffic.deadline, np.inf)))
 
 
-def simulate(traffic: Traffic, policy: Policy, *, record_features: bool = False) -> RunResult:
+def simulate(
+    traffic: Traffic, policy: Policy[Traffic, TicketFeatures], *, record_features: bool = False
+) -> RunResult:
     """The team works `traffic` under `policy` until every ticket is handled. The features
     carry the team's own last-week SLA figures per category, as the order endpoint gives."""
     n = len(traffic)

@@ -13,10 +13,10 @@ from typing import Any
 
 import numpy as np
 
-from aiassist.modules import Decision, Features
-from aiassist.modules.tickets import module
+from aiassist.modules import Decision
+from aiassist.modules.tickets import TicketFeatures, module
 from aiassist.modules.tickets.simulator import GeneratorSpec, generate, training_examples
-from aiassist.training.base import Dataset, ExportedModel, brier_quality
+from aiassist.training.base import Dataset, ExportedModel, brier_quality, synthetic_dataset
 from aiassist.training.export import fit_lightgbm_regressor
 
 __all__ = ["TicketsTrainer", "trainer"]
@@ -39,9 +39,8 @@ class TicketsTrainer:
 
     def synthetic(self, n: int, seed: int) -> Dataset:
         rng = np.random.default_rng(seed)
-        features: list[Features] = []
-        labels: list[float] = []
-        while len(features) < n:
+
+        def world() -> tuple[list[TicketFeatures], list[float]]:
             spec = GeneratorSpec(
                 tickets=_TICKETS_PER_WORLD,
                 agents=int(rng.choice([2, 4, 8, 16])),
@@ -49,10 +48,9 @@ class TicketsTrainer:
                 storms=bool(rng.random() < 0.7),
                 seed=int(rng.integers(2**32)),
             )
-            f, y = training_examples(generate(spec))
-            features.extend(f)
-            labels.extend(y)
-        return Dataset.build(module, features[:n], labels[:n], source="synthetic")
+            return training_examples(generate(spec))
+
+        return synthetic_dataset(module, n, world)
 
 
 trainer = TicketsTrainer()
