@@ -8,6 +8,7 @@ import re
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import httpx
@@ -223,8 +224,9 @@ def test_the_daemon_bootstraps_a_model_from_generated_logs_that_finds_real_fault
 
 
 def test_an_alert_names_recent_changes_and_reaches_the_signed_webhook(tmp_path: Path) -> None:
-    """A model swap recorded in the audit trail, then lines of another log spliced into
-    real OpenSSH: the alerting window names the swap, and the signed webhook receives it."""
+    """A model swap recorded in the audit trail and a metric that spiked, then lines of
+    another log spliced into real OpenSSH: the alerting window names the swap and the metric,
+    and the signed webhook receives it."""
     log, donor = lines("OpenSSH"), lines("HDFS")
     hook = Webhook(HOOK_SECRET, fail_first=1)
     env = {
@@ -240,6 +242,16 @@ def test_an_alert_names_recent_changes_and_reaches_the_signed_webhook(tmp_path: 
             )
             engine.dispose()
             url, headers = f"{service.process.url}/v1/anomaly/logs", service.headers("decide")
+            rng = np.random.default_rng(7)
+            start = int(time.time()) - 3600
+            depth = [
+                {"name": "queue_depth", "value": float(10 + rng.normal(0, 1)) if i < 40 else 90.0,
+                 "timestamp": start + 60 * i}
+                for i in range(41)
+            ]  # fmt: skip
+            metrics_url = f"{service.process.url}/v1/anomaly/metrics"
+            spiked = httpx.post(metrics_url, json={"samples": depth}, headers=headers).json()
+            assert [a["series"] for a in spiked["anomalies"]] == ["queue_depth"]
             normal = httpx.post(url, json={"lines": log[:1000]}, headers=headers, timeout=60)
             assert not any(w["alert"] for w in normal.json()["windows"])
             history = [p for p in map(parse_line, log[:1000]) if p is not None]
@@ -252,6 +264,9 @@ def test_an_alert_names_recent_changes_and_reaches_the_signed_webhook(tmp_path: 
             assert [(c["kind"], c["subject"]) for c in window["changes"]] == [
                 ("model.swapped", "bot/v0003")
             ]
+            assert [(m["series"], m["reason"]) for m in window["metrics"]] == [
+                ("queue_depth", "spike")
+            ]
             wait_for(lambda: len(hook.alerts) == 1, 20, "the anomaly alert")
     finally:
         hook.close()
@@ -259,6 +274,7 @@ def test_an_alert_names_recent_changes_and_reaches_the_signed_webhook(tmp_path: 
     assert hook.valid_signatures and hook.attempts == 2  # retried after a 503
     assert (alert["event"], alert["source"], alert["first_line"]) == ("anomaly.window", "app", 1001)
     assert alert["changes"][0]["subject"] == "bot/v0003" and alert["decision"]["hints"]
+    assert alert["metrics"][0]["series"] == "queue_depth"
 
 
 def test_report_charts_every_window_and_lists_the_alerts(tmp_path: Path) -> None:

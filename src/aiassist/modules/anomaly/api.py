@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from aiassist.decider import Decider
 from aiassist.metrics import Metrics
 from aiassist.modules.anomaly import AnomalyDecision, AnomalyFeatures, module
-from aiassist.modules.anomaly.alerts import Changes, WindowAlerts, audit_changes
+from aiassist.modules.anomaly.alerts import Changes, RecentMetrics, WindowAlerts, audit_changes
 from aiassist.modules.anomaly.detector import LogDetector, ScoredWindow
 from aiassist.modules.anomaly.exposition import ExpositionError, parse_exposition
 from aiassist.modules.anomaly.series import (
@@ -62,10 +62,18 @@ class LogsResponse(BaseModel):
 class _Detectors:
     """One detector a source, created on first use, each behind its own lock."""
 
-    def __init__(self, root: Path, decider: Decider, changes: Changes, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        root: Path,
+        decider: Decider,
+        changes: Changes,
+        recent: RecentMetrics,
+        metrics: Metrics,
+    ) -> None:
         self.root = root
         self.decider = decider
         self.changes = changes
+        self.recent = recent
         self.metrics = metrics
         self._made: dict[str, tuple[threading.Lock, LogDetector]] = {}
         self._lock = threading.Lock()
@@ -79,6 +87,7 @@ class _Detectors:
                     source=body.source,
                     metrics=self.metrics,
                     changes=self.changes,
+                    recent_metrics=self.recent,
                     on_alert=WindowAlerts.configured(body.source, module.config),
                 )
                 self._made[body.source] = (threading.Lock(), detector)
@@ -185,23 +194,27 @@ def _metric_samples(raw: bytes, media: str) -> tuple[list[MetricSample], int]:
 class _MetricsScorer:
     """The service's one series scorer, made on first use."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, recent: RecentMetrics) -> None:
         self.scorer = SeriesScorer(module.config, state_dir=root)
+        self.recent = recent
 
     def score(self, samples: list[MetricSample], skipped: int) -> MetricsResponse:
         scored = self.scorer.score(samples, now=time.time())
+        anomalies = rank(scored.scores, top=100)
+        self.recent.record(anomalies)
         return MetricsResponse(
             accepted=len(scored.scores),
             skipped=skipped + scored.skipped,
             series=len(self.scorer),
             scores=scored.scores,
-            anomalies=rank(scored.scores, top=100),
+            anomalies=anomalies,
         )
 
 
 def anomaly_router() -> APIRouter:
     router = APIRouter(prefix="/v1/anomaly", tags=["anomaly"])
     made: list[_Detectors] = []
+    recent = RecentMetrics(module.config.changes_lookback_s)
 
     @router.post(
         "/logs",
@@ -220,7 +233,7 @@ def anomaly_router() -> APIRouter:
             state = request.app.state.aiassist
             root = module.config.state_dir or state.settings.data_dir / "anomaly"
             changes = audit_changes(state.audit, module.config.changes_lookback_s)
-            made.append(_Detectors(root, state.decider, changes, state.metrics))
+            made.append(_Detectors(root, state.decider, changes, recent, state.metrics))
         return await run_in_threadpool(made[0].feed, body)
 
     scorers: list[_MetricsScorer] = []
@@ -245,7 +258,7 @@ def anomaly_router() -> APIRouter:
         if not scorers:
             state = request.app.state.aiassist
             root = module.config.state_dir or state.settings.data_dir / "anomaly"
-            scorers.append(_MetricsScorer(root / SERIES_DIR))
+            scorers.append(_MetricsScorer(root / SERIES_DIR, recent))
         return await run_in_threadpool(scorers[0].score, samples, left_out)
 
     return router

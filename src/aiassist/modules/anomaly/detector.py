@@ -21,6 +21,7 @@ from aiassist.modules.anomaly.alerts import Change, Changes
 from aiassist.modules.anomaly.baseline import Baseline, Window
 from aiassist.modules.anomaly.lines import LogLine, parse_line
 from aiassist.modules.anomaly.miner import Templates
+from aiassist.modules.anomaly.series import SeriesAnomaly
 
 __all__ = ["Decide", "LogDetector", "ScoredWindow"]
 
@@ -43,6 +44,11 @@ class ScoredWindow(BaseModel):
         description="For an alert: the recent changes (model swaps, API version rollbacks) "
         "the audit trail recorded, newest first, as possible causes.",
     )
+    metrics: list[SeriesAnomaly] = Field(
+        default_factory=list,
+        description="For an alert: the metric series scored anomalous in the same time, the "
+        "one that changed first leading.",
+    )
 
     @computed_field  # type: ignore[prop-decorator]
     @property
@@ -58,8 +64,9 @@ class LogDetector:
     #: The log's name in metrics and alerts, and where its counts go (None: nowhere).
     source: str = "app"
     metrics: Metrics | None = None
-    #: Where an alert looks for recent changes, and who is told of it (None: nobody).
+    #: Where an alert looks for recent changes and metric anomalies, and who is told of it.
     changes: Changes | None = None
+    recent_metrics: Callable[[], list[SeriesAnomaly]] | None = None
     on_alert: Callable[[ScoredWindow], None] | None = None
     warmup_windows: int = 20  # as many as the trainer's history (training.HISTORY)
     bad_lines: int = 0
@@ -113,6 +120,8 @@ class LogDetector:
         if scored.alert:
             if self.changes is not None:
                 scored.changes = self.changes()
+            if self.recent_metrics is not None:
+                scored.metrics = self.recent_metrics()
             if self.on_alert is not None:
                 self.on_alert(scored)
         if warming_up or not decision.anomalous:
