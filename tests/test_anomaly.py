@@ -168,15 +168,29 @@ def test_tail_prints_the_anomalous_window_and_the_counts(tmp_path: Path) -> None
     path.write_bytes(
         "\n".join([*log[:1000], *donor[:60], *log[1000:1100]]).encode() + b"\n\xff\xfe\n"
     )
-    env = {"AIASSIST_ANOMALY_WINDOW_LINES": "50", "AIASSIST_DATA_DIR": str(tmp_path)}
-    done = subprocess.run(
-        [str(Path(sys.executable).with_name("aiassist")), "anomaly", "tail", str(path),
-         "--from-start", "--no-follow"],
-        capture_output=True, text=True, timeout=120, env={"PATH": "/usr/bin:/bin", **env},
-    )  # fmt: skip
+    hook = Webhook(HOOK_SECRET, fail_first=0)
+    env = {
+        "AIASSIST_ANOMALY_WINDOW_LINES": "50",
+        "AIASSIST_DATA_DIR": str(tmp_path),
+        "AIASSIST_ANOMALY_WEBHOOK_URL": hook.url,
+        "AIASSIST_ANOMALY_WEBHOOK_SECRET": HOOK_SECRET,
+    }
+    try:
+        done = subprocess.run(
+            [str(Path(sys.executable).with_name("aiassist")), "anomaly", "tail", str(path),
+             "--from-start", "--no-follow"],
+            capture_output=True, text=True, timeout=120, env={"PATH": "/usr/bin:/bin", **env},
+        )  # fmt: skip
+    finally:
+        hook.close()
     assert done.returncode == 0, done.stderr
     assert "anomaly lines 1001-1050" in done.stdout
     assert "1160 lines, 1 bad" in done.stdout
+    # the 60 spliced lines fill the window of lines 1001-1050 and ten of the next
+    assert [(a["source"], a["first_line"]) for a in hook.alerts] == [
+        ("app.log", 1001), ("app.log", 1051)
+    ]  # fmt: skip
+    assert hook.valid_signatures
 
 
 def test_the_documented_handler_example_runs(tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.text import Text
 
 from aiassist.modules.anomaly import module
+from aiassist.modules.anomaly.alerts import WindowAlerts
 from aiassist.modules.anomaly.detector import LogDetector, ScoredWindow
 from aiassist.modules.anomaly.exposition import ExpositionError, parse_exposition
 from aiassist.modules.anomaly.series import SeriesAnomaly, SeriesScorer, rank
@@ -47,8 +48,10 @@ def tail(
         Path | None, typer.Option(help="Templates and baseline kept here across runs.")
     ] = None,
 ) -> None:
-    """Score a log's windows as they are written, printing the anomalous ones with hints."""
-    detector = LogDetector(state_dir=state)
+    """Score a log's windows as they are written, printing the anomalous ones with hints
+    (and POSTing them to AIASSIST_ANOMALY_WEBHOOK_URL when it is set)."""
+    alerts = WindowAlerts.configured(path.name, module.config)
+    detector = LogDetector(state_dir=state, source=path.name, on_alert=alerts)
     with path.open("rb") as f:
         if not from_start:
             f.seek(0, 2)
@@ -65,6 +68,8 @@ def tail(
                     _show(scored)
         except KeyboardInterrupt:
             pass
+    if alerts is not None:
+        alerts.close()  # deliver what is queued before exiting
     console.print(
         f"{detector.good_lines} lines, {detector.bad_lines} bad, "
         f"{len(detector.templates)} templates"
