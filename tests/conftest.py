@@ -490,3 +490,9 @@ class Webhook:
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+@pytest.fixture(scope="session")
+def minilm_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One directory for the packaged MiniLM's ONNX export, so it is made once a session."""
+    return tmp_path_factory.mktemp("embeddings")

