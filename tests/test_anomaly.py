@@ -196,6 +196,41 @@ def test_tail_prints_the_anomalous_window_and_the_counts(tmp_path: Path) -> None
     assert hook.valid_signatures
 
 
+def test_the_handler_sends_its_alerts_to_the_configured_webhook(tmp_path: Path) -> None:
+    app = f"""
+import logging
+from aiassist.modules.anomaly.handler import AnomalyHandler
+handler = AnomalyHandler(on_alert=lambda window: None)
+log = logging.getLogger("sshd")
+log.addHandler(handler)
+log.propagate = False
+lines = open({str(LOGHUB / "OpenSSH_2k.log")!r}).read().splitlines()
+donor = open({str(LOGHUB / "HDFS_2k.log")!r}).read().splitlines()
+for line in lines[:1000] + donor[:50]:
+    log.warning(line)
+handler.flush()
+handler.close()
+"""
+    hook = Webhook(HOOK_SECRET, fail_first=0)
+    env = {
+        "AIASSIST_DATA_DIR": str(tmp_path),
+        "AIASSIST_MODE": "local",
+        "AIASSIST_ANOMALY_WINDOW_LINES": "50",
+        "AIASSIST_ANOMALY_WEBHOOK_URL": hook.url,
+        "AIASSIST_ANOMALY_WEBHOOK_SECRET": HOOK_SECRET,
+    }
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", app], capture_output=True, text=True, timeout=60,
+            env=os.environ | env,
+        )  # fmt: skip
+    finally:
+        hook.close()
+    assert done.returncode == 0, done.stderr
+    assert [(a["source"], a["first_line"]) for a in hook.alerts] == [("app", 1001)]
+    assert hook.valid_signatures
+
+
 def test_the_documented_handler_example_runs(tmp_path: Path) -> None:
     doc = (Path(__file__).resolve().parent.parent / "docs" / "modules.md").read_text()
     [example] = [

@@ -3,7 +3,8 @@
 `emit` only formats the record and puts it on a bounded queue (a full queue drops the record
 and counts it); one background thread mines, windows and scores. An alert goes to the
 `on_alert` callback, by default a warning on the `aiassist.anomaly` logger, whose records
-this handler skips so that it never scores its own alerts.
+this handler skips so that it never scores its own alerts; with AIASSIST_ANOMALY_WEBHOOK_URL
+set, the default detector also sends it to that webhook.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import queue
 import threading
 from collections.abc import Callable
 
+from aiassist.modules.anomaly import module
+from aiassist.modules.anomaly.alerts import WindowAlerts
 from aiassist.modules.anomaly.detector import LogDetector, ScoredWindow
 
 __all__ = ["AnomalyHandler"]
@@ -38,7 +41,9 @@ class AnomalyHandler(logging.Handler):
         level: int = logging.NOTSET,
     ) -> None:
         super().__init__(level)
-        self.detector = detector or LogDetector()
+        self.detector = detector or LogDetector(
+            on_alert=WindowAlerts.configured("app", module.config)
+        )
         self.on_alert = on_alert
         self.dropped = 0
         self.windows = 0
@@ -80,4 +85,6 @@ class AnomalyHandler(logging.Handler):
         if self._worker.is_alive():
             self._queue.put(_STOP)
             self._worker.join(timeout=10)
+        if isinstance(alerts := self.detector.on_alert, WindowAlerts):
+            alerts.close()  # deliver the alerts still queued
         super().close()
