@@ -27,7 +27,14 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["DIM", "MODEL_NAME", "EmbedderUnavailable", "TextEmbedder", "shared_embedder"]
+__all__ = [
+    "DIM",
+    "MODEL_NAME",
+    "EmbedderUnavailable",
+    "TextEmbedder",
+    "default_cache_dir",
+    "shared_embedder",
+]
 
 log = logging.getLogger("aiassist.text")
 
@@ -147,6 +154,17 @@ class TextEmbedder:
         mean = summed / np.maximum(mask.sum(axis=1, keepdims=True), 1)
         norm = np.linalg.norm(mean, axis=1, keepdims=True)
         return np.asarray(mean / np.maximum(norm, 1e-12), dtype=np.float32)
+
+
+def default_cache_dir() -> Path:
+    """Where the ONNX export is kept unless a module says otherwise: the data directory's
+    `embeddings/` (`.aiassist/embeddings` when the core settings cannot be read)."""
+    from aiassist.settings import load_settings
+
+    try:
+        return load_settings().data_dir / "embeddings"
+    except Exception:  # unreadable core settings: embeddings still work
+        return Path(".aiassist") / "embeddings"
 
 
 _shared: dict[Path, TextEmbedder | None] = {}

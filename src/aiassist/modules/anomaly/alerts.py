@@ -85,23 +85,22 @@ class RecentMetrics:
 
 
 class WindowAlerts:
-    """Sends each alerting window of one log to the configured webhook."""
+    """Sends each alerting window (a `detector.ScoredWindow`, which names its log) to the
+    configured webhook; one serves every log of a process."""
 
-    def __init__(self, source: str, sender: WebhookAlerter) -> None:
-        self.source = source
+    def __init__(self, sender: WebhookAlerter) -> None:
         self.sender = sender
 
     @classmethod
-    def configured(cls, source: str, settings: AnomalySettings) -> WindowAlerts | None:
+    def configured(cls, settings: AnomalySettings) -> WindowAlerts | None:
         """Alerts to `AIASSIST_ANOMALY_WEBHOOK_URL`, or None when it is not set."""
         if settings.webhook_url is None:
             return None
         secret = settings.webhook_secret.get_secret_value() if settings.webhook_secret else None
-        return cls(source, WebhookAlerter(settings.webhook_url, secret=secret))
+        return cls(WebhookAlerter(settings.webhook_url, secret=secret))
 
     def __call__(self, window: BaseModel) -> None:
-        """Send one scored window (a `detector.ScoredWindow`)."""
-        self.sender.send("anomaly.window", {"source": self.source} | window.model_dump())
+        self.sender.send("anomaly.window", window.model_dump())
 
     def close(self) -> None:
         self.sender.close()

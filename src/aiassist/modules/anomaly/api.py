@@ -75,6 +75,7 @@ class _Detectors:
         self.changes = changes
         self.recent = recent
         self.metrics = metrics
+        self.alerts = WindowAlerts.configured(module.config)
         self._made: dict[str, tuple[threading.Lock, LogDetector]] = {}
         self._lock = threading.Lock()
 
@@ -88,7 +89,7 @@ class _Detectors:
                     metrics=self.metrics,
                     changes=self.changes,
                     recent_metrics=self.recent,
-                    on_alert=WindowAlerts.configured(body.source, module.config),
+                    on_alert=self.alerts,
                 )
                 self._made[body.source] = (threading.Lock(), detector)
             lock, detector = self._made[body.source]

@@ -26,8 +26,11 @@ from pathlib import Path
 from aiassist.modules.anomaly import AnomalyFeatures, Hint
 from aiassist.modules.anomaly.lines import LogLine
 
-__all__ = ["Baseline", "Window"]
+__all__ = ["WARMUP_WINDOWS", "Baseline", "Window"]
 
+#: Windows a log's baseline learns before any is judged: the detector's warm-up and the
+#: trainer's history, the same so that the model sees baselines as young as it will judge.
+WARMUP_WINDOWS = 20
 #: A template in at least this share of windows is expected in every one.
 REGULAR = 0.9
 #: Cap of a surprise (-log10 p): beyond it, every burst is simply extreme.

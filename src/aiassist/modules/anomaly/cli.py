@@ -50,7 +50,7 @@ def tail(
 ) -> None:
     """Score a log's windows as they are written, printing the anomalous ones with hints
     (and POSTing them to AIASSIST_ANOMALY_WEBHOOK_URL when it is set)."""
-    alerts = WindowAlerts.configured(path.name, module.config)
+    alerts = WindowAlerts.configured(module.config)
     detector = LogDetector(state_dir=state, source=path.name, on_alert=alerts)
     with path.open("rb") as f:
         if not from_start:

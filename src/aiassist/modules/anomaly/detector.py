@@ -24,11 +24,12 @@ from aiassist.modules.anomaly import (
     module,
 )
 from aiassist.modules.anomaly.alerts import Change, Changes
-from aiassist.modules.anomaly.baseline import Baseline, Window
+from aiassist.modules.anomaly.baseline import WARMUP_WINDOWS, Baseline, Window
 from aiassist.modules.anomaly.lines import LogLine, parse_line
 from aiassist.modules.anomaly.miner import Templates
 from aiassist.modules.anomaly.series import SeriesAnomaly
 from aiassist.modules.anomaly.similar import SimilarTemplates
+from aiassist.text import default_cache_dir
 
 __all__ = ["Decide", "LogDetector", "ScoredWindow"]
 
@@ -41,14 +42,8 @@ def _service_decide(features: AnomalyFeatures) -> AnomalyDecision:
     return AIAssistService.instance().decide(module, features)
 
 
-def _embeddings_dir() -> Path:
-    """Where the MiniLM's ONNX export is kept: the service's data directory's."""
-    from aiassist.settings import load_settings
-
-    return load_settings().data_dir / "embeddings"
-
-
 class ScoredWindow(BaseModel):
+    source: str = Field(description="The log the window is of.")
     first_line: int = Field(description="Number (from 1) of the window's first good line.")
     lines: int = Field(description="Good lines in the window.")
     decision: AnomalyDecision
@@ -84,7 +79,7 @@ class LogDetector:
     on_alert: Callable[[ScoredWindow], None] | None = None
     #: Names the known template nearest to a new one (None: AIASSIST_ANOMALY_EMBED_TEMPLATES).
     similar: SimilarTemplates | None = None
-    warmup_windows: int = 20  # as many as the trainer's history (training.HISTORY)
+    warmup_windows: int = WARMUP_WINDOWS
     bad_lines: int = 0
     good_lines: int = 0
 
@@ -97,7 +92,7 @@ class LogDetector:
         self._lines: list[LogLine] = []
         self._ids: list[int] = []
         if self.similar is None and self.settings.embed_templates:
-            self.similar = SimilarTemplates(_embeddings_dir())
+            self.similar = SimilarTemplates(default_cache_dir())
 
     def feed(self, raw: str | bytes) -> ScoredWindow | None:
         """Take one line; the scored window when this line completes one."""
@@ -135,6 +130,7 @@ class LogDetector:
                 hint.name = self.templates.template(int(hint.name))[:500]
         decision.hints = hints
         scored = ScoredWindow(
+            source=self.source,
             first_line=self.good_lines - len(window.lines) + 1,
             lines=len(window.lines),
             decision=decision,

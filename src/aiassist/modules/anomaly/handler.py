@@ -41,9 +41,9 @@ class AnomalyHandler(logging.Handler):
         level: int = logging.NOTSET,
     ) -> None:
         super().__init__(level)
-        self.detector = detector or LogDetector(
-            on_alert=WindowAlerts.configured("app", module.config)
-        )
+        #: The webhook alerts of the detector this handler makes (and so closes), if any.
+        self._alerts = None if detector else WindowAlerts.configured(module.config)
+        self.detector = detector or LogDetector(on_alert=self._alerts)
         self.on_alert = on_alert
         self.dropped = 0
         self.windows = 0
@@ -85,6 +85,6 @@ class AnomalyHandler(logging.Handler):
         if self._worker.is_alive():
             self._queue.put(_STOP)
             self._worker.join(timeout=10)
-        if isinstance(alerts := self.detector.on_alert, WindowAlerts):
-            alerts.close()  # deliver the alerts still queued
+        if self._alerts is not None:
+            self._alerts.close()  # deliver the alerts still queued
         super().close()

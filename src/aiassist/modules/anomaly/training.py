@@ -20,7 +20,7 @@ import numpy as np
 
 from aiassist.modules import Decision
 from aiassist.modules.anomaly import AnomalyFeatures, module
-from aiassist.modules.anomaly.baseline import Baseline, Window
+from aiassist.modules.anomaly.baseline import WARMUP_WINDOWS, Baseline, Window
 from aiassist.modules.anomaly.faults import KINDS, Fault, inject
 from aiassist.modules.anomaly.lines import LogLine, parse_line
 from aiassist.modules.anomaly.miner import Templates
@@ -30,8 +30,7 @@ from aiassist.training.export import fit_lightgbm_classifier
 
 __all__ = ["HISTORY", "AnomalyTrainer", "LogHistory", "faulty_windows", "trainer"]
 
-#: Normal windows a log's baseline learns before any is judged.
-HISTORY = 20
+HISTORY = WARMUP_WINDOWS
 _LATER = 80  # judged windows of one generated log
 
 

@@ -34,7 +34,6 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Literal
 
 from pydantic import Field
@@ -50,7 +49,8 @@ from aiassist.modules.tickets.categories import (
 )
 from aiassist.modules.tickets.settings import Scoring, TicketsSettings
 from aiassist.modules.tickets.sla import SlaWindow
-from aiassist.settings import load_settings, module_settings
+from aiassist.settings import module_settings
+from aiassist.text import default_cache_dir
 
 __all__ = [
     "CATEGORY_NAMES",
@@ -185,10 +185,7 @@ class TicketsModule(Module[TicketFeatures, TicketDecision, TicketOutcome]):
             settings = module_settings(TicketsSettings, log)
             cache = settings.embeddings_dir
             if cache is None and settings.embed_text:
-                try:
-                    cache = load_settings().data_dir / "embeddings"
-                except Exception:  # unreadable core settings: the reader still works
-                    cache = Path(".aiassist") / "embeddings"
+                cache = default_cache_dir()
             self._reader = TextReader(cache, embed=settings.embed_text)
         return self._reader
 
